@@ -1,0 +1,61 @@
+"""Model building and loading for every family, behind one pair of functions.
+
+Transformers get the task's head through the task's `Auto*` class, so any architecture that
+`transformers` maps (BERT, Llama, T5, ...) works unchanged. The recurrent baselines are
+`PreTrainedModel`s registered with the same Auto classes, so the training core, checkpoints,
+resume and `load` treat them exactly like transformers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import datasets
+import transformers
+from transformers import AutoTokenizer, PreTrainedModel
+
+from nlptasks import catalog
+from nlptasks.tasks.base import Task
+
+
+def build(
+    model_name: str, model_args: dict[str, Any], task: Task, labels: list[str], train_examples: datasets.Dataset
+) -> tuple[PreTrainedModel, Any]:
+    """A fresh model with the task's head sized to `labels`, and its tokenizer."""
+    ref = catalog.resolve_model(model_name)
+    if ref.family == "recurrent":
+        from nlptasks.models import recurrent
+
+        return recurrent.build(task, catalog.RECURRENT_MODELS[ref.name], model_args, labels, train_examples)
+    tokenizer = load_tokenizer(ref.location, ref.family)
+    auto_class = getattr(transformers, task.auto_model)
+    model = auto_class.from_pretrained(
+        ref.location,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        **model_args,
+    )
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def load(model_dir: Path, task: Task) -> tuple[PreTrainedModel, Any]:
+    """A trained model and tokenizer from a run's `model/` folder, any family."""
+    family = catalog.family_of(model_dir)
+    if family == "recurrent":
+        from nlptasks.models import recurrent  # noqa: F401 - registers the baselines with the Auto classes
+    model = getattr(transformers, task.auto_model).from_pretrained(model_dir)
+    return model, load_tokenizer(str(model_dir), family)
+
+
+def load_tokenizer(location: str, family: str) -> Any:
+    """A tokenizer ready for word-split input and batching: decoders get a prefix space and a pad token."""
+    if family == "decoder":
+        tokenizer = AutoTokenizer.from_pretrained(location, add_prefix_space=True)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(location)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -1,0 +1,17 @@
+"""The task registry: one module per task, registered here and nowhere else."""
+
+from __future__ import annotations
+
+from nlptasks.recipe import Recipe, validate_section
+from nlptasks.tasks.base import Task
+from nlptasks.tasks.classification import Classification
+from nlptasks.tasks.ner import NER
+
+TASKS: dict[str, type[Task]] = {task.name: task for task in (NER, Classification)}
+
+
+def task_for(recipe: Recipe) -> Task:
+    """The recipe's task, with its `task_args` validated against the task's own options."""
+    task_class = TASKS[recipe.task]
+    options = validate_section(task_class.Options, recipe.task_args, "task_args")
+    return task_class(options, max_length=recipe.data.max_length, stride=recipe.data.stride)

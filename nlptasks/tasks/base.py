@@ -1,0 +1,81 @@
+"""What a task module says: its columns, how rows become features, and how outputs become answers.
+
+Everything else (loading, the model, training, evaluation loops, the run directory, predict) is
+shared. Evaluation and `predict` run the same path: `featurize -> model -> decode`, so a
+prediction on raw text is scored exactly as a validation example is.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import datasets
+import numpy as np
+
+from nlptasks.recipe import Section
+
+
+class NoOptions(Section):
+    """A task without settings of its own."""
+
+
+class Task(ABC):
+    name: ClassVar[str]
+    input_column: ClassVar[str]
+    target_column: ClassVar[str]
+    main_metric: ClassVar[str]
+    """Validation metric used to pick the best checkpoint unless the recipe names another."""
+    auto_model: ClassVar[str]
+    """The `transformers` Auto class that gives any architecture this task's head."""
+    Options: ClassVar[type[Section]] = NoOptions
+
+    def __init__(self, options: Section, max_length: int, stride: int) -> None:
+        self.options = options
+        self.max_length = max_length
+        self.stride = stride
+
+    @classmethod
+    @abstractmethod
+    def features(cls) -> datasets.Features:
+        """Arrow schema of canonical rows."""
+
+    @classmethod
+    @abstractmethod
+    def check_row(cls, row: dict[str, Any], label_names: list[str] | None) -> dict[str, Any]:
+        """A canonical row (only the task's columns, labels as names); ValueError names the field."""
+
+    @abstractmethod
+    def label_list(self, train: datasets.Dataset) -> list[str]:
+        """Every label the model can output, in a stable order."""
+
+    @abstractmethod
+    def featurize(self, examples: datasets.Dataset, tokenizer: Any, label2id: dict[str, int]) -> datasets.Dataset:
+        """Model inputs; each feature keeps `example_index` so outputs map back to examples."""
+
+    @abstractmethod
+    def pad_values(self, tokenizer: Any) -> dict[str, int]:
+        """Padding value per list-valued feature (the rest pad with 0)."""
+
+    @abstractmethod
+    def decode(
+        self, examples: datasets.Dataset, features: datasets.Dataset, logits: np.ndarray, id2label: dict[int, str]
+    ) -> list[Any]:
+        """One prediction per example from the logits of its features."""
+
+    @abstractmethod
+    def score(self, examples: datasets.Dataset, predictions: list[Any]) -> dict[str, float]:
+        """Metrics of predictions against the examples' gold labels."""
+
+    @abstractmethod
+    def examples_from_texts(self, texts: list[str]) -> datasets.Dataset:
+        """Raw input strings as examples (no gold labels) for `predict`."""
+
+    @abstractmethod
+    def present(self, example: dict[str, Any], prediction: Any) -> dict[str, Any]:
+        """A JSON-ready prediction for one example, as `predict` prints it."""
+
+
+def lengths_of(features: datasets.Dataset) -> list[int]:
+    """Token counts per feature, for length-grouped batching."""
+    return [len(ids) for ids in features["input_ids"]]

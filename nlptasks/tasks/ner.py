@@ -1,0 +1,192 @@
+"""Named-entity recognition: word-level IOB2 tags, aligned to subwords through `word_ids`.
+
+Long sentences are split into overlapping windows (`data.max_length`, `data.stride`); every
+word is scored in each window that holds it and the scores are averaged, so no word is ever
+dropped by truncation. Scored with seqeval, entity level, IOB2 strict.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import datasets
+import numpy as np
+from seqeval.metrics import classification_report
+from seqeval.scheme import IOB2
+
+from nlptasks.recipe import Section
+from nlptasks.tasks.base import Task
+
+TAG = re.compile(r"^(O|[BI]-\S+)$")
+WORD = re.compile(r"\w+(?:[-'.]\w+)*|[^\w\s]")
+"""Raw text to words for `predict`: runs of word characters (with inner -'.) or one symbol."""
+
+
+class NEROptions(Section):
+    label_all_subwords: bool = False
+    """Train on every subword (continuations get I- tags) instead of on first subwords only."""
+
+
+class NER(Task):
+    name = "ner"
+    input_column = "tokens"
+    target_column = "ner_tags"
+    main_metric = "f1"
+    auto_model = "AutoModelForTokenClassification"
+    Options = NEROptions
+
+    @classmethod
+    def features(cls) -> datasets.Features:
+        return datasets.Features({"tokens": [datasets.Value("string")], "ner_tags": [datasets.Value("string")]})
+
+    @classmethod
+    def check_row(cls, row: dict[str, Any], label_names: list[str] | None) -> dict[str, Any]:
+        tokens, tags = row["tokens"], row["ner_tags"]
+        if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) and t for t in tokens):
+            raise ValueError("field 'tokens' must be a non-empty list of non-empty strings")
+        if not isinstance(tags, list):
+            raise ValueError(f"field 'ner_tags' must be a list, got {type(tags).__name__}")
+        if len(tags) != len(tokens):
+            raise ValueError(f"field 'ner_tags' has {len(tags)} tags but 'tokens' has {len(tokens)} tokens")
+        names = [_tag_name(tag, label_names, position) for position, tag in enumerate(tags)]
+        return {"tokens": tokens, "ner_tags": names}
+
+    def label_list(self, train: datasets.Dataset) -> list[str]:
+        types = {tag[2:] for tags in train["ner_tags"] for tag in tags if tag != "O"}
+        return ["O"] + [f"{prefix}-{kind}" for kind in sorted(types) for prefix in "BI"]
+
+    def featurize(self, examples: datasets.Dataset, tokenizer: Any, label2id: dict[str, int]) -> datasets.Dataset:
+        def encode(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+            encoded = tokenizer(
+                batch["tokens"],
+                is_split_into_words=True,
+                truncation=True,
+                max_length=self.max_length,
+                stride=self.stride,
+                return_overflowing_tokens=True,
+            )
+            windows = encoded.pop("overflow_to_sample_mapping")
+            encoded["example_index"] = [indices[row] for row in windows]
+            encoded["word_ids"] = [[-1 if w is None else w for w in encoded.word_ids(i)] for i in range(len(windows))]
+            if "ner_tags" in batch:
+                encoded["labels"] = [
+                    self._align(word_ids, batch["ner_tags"][row], label2id)
+                    for word_ids, row in zip(encoded["word_ids"], windows)
+                ]
+            return dict(encoded)
+
+        return examples.map(
+            encode, batched=True, with_indices=True, remove_columns=examples.column_names, desc="Tokenizing"
+        )
+
+    def _align(self, word_ids: list[int], tags: list[str], label2id: dict[str, int]) -> list[int]:
+        """Label each word's first subword in the window; continuations get -100 (or I- tags)."""
+        labels, previous = [], -1
+        for word in word_ids:
+            if word < 0:
+                labels.append(-100)
+            elif word != previous:
+                labels.append(label2id[tags[word]])
+            elif self.options.label_all_subwords:
+                labels.append(label2id[_inside(tags[word])])
+            else:
+                labels.append(-100)
+            previous = word
+        return labels
+
+    def pad_values(self, tokenizer: Any) -> dict[str, int]:
+        return {"input_ids": tokenizer.pad_token_id or 0, "labels": -100, "word_ids": -1}
+
+    def decode(
+        self, examples: datasets.Dataset, features: datasets.Dataset, logits: np.ndarray, id2label: dict[int, str]
+    ) -> list[list[str]]:
+        """Average each word's first-subword probabilities over the windows holding it, then argmax."""
+        probs = _softmax(logits)
+        sums = [np.zeros((len(tokens), probs.shape[-1])) for tokens in examples["tokens"]]
+        for row, (example, word_ids) in enumerate(zip(features["example_index"], features["word_ids"])):
+            previous = -1
+            for position, word in enumerate(word_ids):
+                if word >= 0 and word != previous:
+                    sums[example][word] += probs[row, position]
+                previous = word
+        return [
+            _repair_iob([id2label[int(i)] if s.any() else "O" for i, s in zip(scores.argmax(-1), scores)])
+            for scores in sums
+        ]
+
+    def score(self, examples: datasets.Dataset, predictions: list[list[str]]) -> dict[str, float]:
+        report = classification_report(
+            examples["ner_tags"], predictions, mode="strict", scheme=IOB2, output_dict=True, zero_division=0
+        )
+        metrics = {key: float(report["micro avg"][key]) for key in ("precision", "recall")}
+        metrics["f1"] = float(report["micro avg"]["f1-score"])
+        for kind, row in report.items():
+            if kind not in ("micro avg", "macro avg", "weighted avg"):
+                metrics[f"f1_{kind}"] = float(row["f1-score"])
+        metrics["macro_f1"] = float(report["macro avg"]["f1-score"])
+        return metrics
+
+    def examples_from_texts(self, texts: list[str]) -> datasets.Dataset:
+        words = [[m.group() for m in WORD.finditer(text)] or [text] for text in texts]
+        spans = [[[m.start(), m.end()] for m in WORD.finditer(text)] or [[0, len(text)]] for text in texts]
+        return datasets.Dataset.from_dict({"text": texts, "tokens": words, "spans": spans})
+
+    def present(self, example: dict[str, Any], prediction: list[str]) -> dict[str, Any]:
+        entities = []
+        for kind, first, last in _entities(prediction):
+            entity: dict[str, Any] = {"type": kind, "words": [first, last + 1]}
+            if "spans" in example:
+                start, end = example["spans"][first][0], example["spans"][last][1]
+                entity.update(text=example["text"][start:end], start=start, end=end)
+            else:
+                entity["text"] = " ".join(example["tokens"][first : last + 1])
+            entities.append(entity)
+        source = "text" if "text" in example else "tokens"
+        shown: dict[str, Any] = {source: example[source], "entities": entities, "tags": prediction}
+        if "ner_tags" in example:
+            shown["gold"] = example["ner_tags"]
+        return shown
+
+
+def _tag_name(tag: Any, label_names: list[str] | None, position: int) -> str:
+    if isinstance(tag, int) and not isinstance(tag, bool):
+        if label_names is None or not 0 <= tag < len(label_names):
+            raise ValueError(
+                f"field 'ner_tags': integer tag {tag} at position {position} has no name "
+                "(use string tags, or a JSON list of names beside the file)"
+            )
+        tag = label_names[tag]
+    if not isinstance(tag, str) or not TAG.match(tag):
+        raise ValueError(f"field 'ner_tags': tag {tag!r} at position {position} is not IOB2 (O, B-TYPE, I-TYPE)")
+    return tag
+
+
+def _inside(tag: str) -> str:
+    return "I-" + tag[2:] if tag.startswith("B-") else tag
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)
+
+
+def _repair_iob(tags: list[str]) -> list[str]:
+    """An I-X that does not continue an X entity starts one: strict IOB2 would drop it entirely."""
+    repaired = []
+    for tag in tags:
+        if tag.startswith("I-") and (not repaired or repaired[-1][2:] != tag[2:]):
+            tag = "B-" + tag[2:]
+        repaired.append(tag)
+    return repaired
+
+
+def _entities(tags: list[str]) -> list[tuple[str, int, int]]:
+    """(type, first word, last word) of each IOB2 entity."""
+    spans: list[tuple[str, int, int]] = []
+    for position, tag in enumerate(tags):
+        if tag.startswith("B-"):
+            spans.append((tag[2:], position, position))
+        elif tag.startswith("I-") and spans and spans[-1][0] == tag[2:] and spans[-1][2] == position - 1:
+            spans[-1] = (spans[-1][0], spans[-1][1], position)
+    return spans
