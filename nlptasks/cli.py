@@ -1,0 +1,142 @@
+"""`nlptasks` on the command line: parse, call the API, print. No logic of its own.
+
+Exit status: 0 success, 2 a bad recipe, argument or input file (message on stderr naming the
+file, key or line), 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from nlptasks import api
+from nlptasks.errors import UserInputError
+from nlptasks.predict import read_texts
+from nlptasks.recipe import parse_overrides, shipped_recipes
+
+QUICKSTART_RECIPE = "quickstart/rotten-tomatoes"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # noqa: BLE001 - the CLI's last line of defence: report, exit 1
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nlptasks", description="Fine-tune and evaluate NLP models from recipes.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="train and evaluate a recipe")
+    run.add_argument("recipe", help="a recipe file or a shipped name such as ner/minilm")
+    _add_set(run)
+
+    evaluate = commands.add_parser("eval", help="score a finished run on a split or a labelled file")
+    evaluate.add_argument("run_dir")
+    where = evaluate.add_mutually_exclusive_group()
+    where.add_argument("--split", default="test")
+    where.add_argument("--file", help="labelled data in the task's format (JSONL, CSV, CoNLL)")
+
+    predict = commands.add_parser("predict", help="predict for texts (--text, --file, or stdin) as JSON lines")
+    predict.add_argument("run_dir")
+    predict.add_argument("--text", action="append", help="a text to predict for (repeatable)")
+    predict.add_argument("--file", help="one text per line, or JSON lines with a 'text' field")
+    predict.add_argument("--batch-size", type=int, default=64)
+
+    commands.add_parser("recipes", help="list the shipped recipes")
+
+    quickstart = commands.add_parser("quickstart", help="sentiment on Rotten Tomatoes with minilm-l6, offline")
+    _add_set(quickstart)
+    return parser
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field, e.g. --set train.epochs=1 (repeatable)",
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    result = api.run(args.recipe, parse_overrides(args.set))
+    print(format_metrics({args.recipe: result.metrics}))
+    print(f"run directory: {result.run_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    metrics = api.evaluate(args.run_dir, split=args.split, file=args.file)
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    predictor = api.load(args.run_dir, batch_size=args.batch_size)
+    if args.text:
+        texts = iter(args.text)
+    elif args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise UserInputError(f"--file: file not found: {path}")
+        texts = read_texts(path.open(encoding="utf-8"), str(path))
+    else:
+        texts = read_texts(sys.stdin, "<stdin>")
+    for prediction in predictor.stream(texts):
+        print(json.dumps(prediction, ensure_ascii=False), flush=False)
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    rows = shipped_recipes()
+    width = max(len(name) for name, _ in rows)
+    for name, description in rows:
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    result = api.run(QUICKSTART_RECIPE, parse_overrides(args.set))
+    print()
+    print(format_metrics({"minilm-l6 (full fine-tuning)": result.metrics}))
+    print(f"\nrun directory: {result.run_dir}   try: nlptasks predict {result.run_dir} --text 'A triumph.'")
+    return 0
+
+
+def format_metrics(runs: dict[str, dict[str, dict[str, float]]]) -> str:
+    """A plain-text table: one row per run and split with its headline metrics and timing."""
+    header = ["run", "split", "metric", "value", "train s", "train samples/s"]
+    rows = []
+    for name, metrics in runs.items():
+        train = metrics.get("train", {})
+        timing = [f"{train.get('train_runtime', 0):.0f}", f"{train.get('train_samples_per_second', 0):.1f}"]
+        for split, values in metrics.items():
+            if split == "train":
+                continue
+            for metric in [m for m in values if m in ("accuracy", "macro_f1", "f1", "precision", "recall")]:
+                rows.append([name, split, metric, f"{values[metric]:.4f}", *timing])
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    line = lambda cells: "  ".join(f"{cell:<{w}}" for cell, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "eval": cmd_eval,
+    "predict": cmd_predict,
+    "recipes": cmd_recipes,
+    "quickstart": cmd_quickstart,
+}

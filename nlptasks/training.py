@@ -1,0 +1,273 @@
+"""The one training core: a recipe in, a run directory out, for every task and model family.
+
+It is the `transformers` Trainer (accelerate underneath), so `accelerate launch` / `torchrun`
+give multi-process training with no code here. What this module adds is what the Trainer
+leaves to each example script: data and labels from the recipe, length-grouped batches with
+dynamic padding, evaluation through the task's own decoding, resume, and the run directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.integrations import TensorBoardCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import get_last_checkpoint
+
+from nlptasks import catalog, models
+from nlptasks.data import load_splits, pad_batch
+from nlptasks.recipe import Recipe, dump_recipe
+from nlptasks.rundir import RunDir, write_atomic
+from nlptasks.tasks import task_for
+from nlptasks.tasks.base import Task, lengths_of
+
+log = logging.getLogger("nlptasks")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, dict[str, float]]
+    recipe: Recipe = field(repr=False)
+
+
+class LengthGroupedTrainer(Trainer):
+    """Trainer with length-grouped training batches from lengths computed once at tokenization.
+
+    The stock `group_by_length` recomputes lengths by iterating the dataset and also shuffles
+    evaluation order, which would break mapping predictions back to examples.
+    """
+
+    def __init__(self, *args: Any, lengths: list[int] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lengths = lengths
+
+    def _get_train_sampler(self, train_dataset: datasets.Dataset | None = None) -> Sampler | None:
+        if self.lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        return LengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=self.lengths
+        )
+
+
+class CSVLogCallback(TrainerCallback):
+    """Every logged value as a `step,epoch,name,value` row: one file, readable by any tool."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_log(
+        self, args: TrainingArguments, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(["step", "epoch", "name", "value"])
+            for name, value in logs.items():
+                if isinstance(value, int | float):
+                    writer.writerow([state.global_step, f"{state.epoch or 0:.4f}", name, value])
+
+
+def run(recipe: Recipe) -> RunResult:
+    """Train and evaluate a recipe; resumes from the run directory's last checkpoint if any."""
+    task = task_for(recipe)
+    catalog.check_model(recipe.model)
+    if recipe.data.name and not recipe.data.train_file:
+        catalog.check_dataset(recipe.data.name)
+    run_dir = RunDir(recipe.output_dir or Path("runs") / f"{recipe.task}-{recipe.model.replace('/', '_')}").create()
+    _log_to_file(run_dir.logs / "train.log")
+    args = training_arguments(recipe, run_dir, task)
+    log.info(
+        "process %d of %d, precision %s", args.process_index, args.world_size, resolve_precision(recipe.train.precision)
+    )
+    set_seed(recipe.train.seed)
+
+    with args.main_process_first(desc="data"):
+        splits = load_splits(recipe.data, task)
+    labels = task.label_list(splits["train"])
+    model, tokenizer = models.build(recipe.model, recipe.model_args, task, labels, splits["train"])
+    label2id = {label: i for i, label in enumerate(labels)}
+    with args.main_process_first(desc="tokenization"):
+        features = {name: task.featurize(split, tokenizer, label2id) for name, split in splits.items()}
+
+    trainer = LengthGroupedTrainer(
+        model=model,
+        args=args,
+        train_dataset=features["train"],
+        eval_dataset=features["validation"] if args.eval_strategy != "no" else None,
+        data_collator=partial(pad_batch, pad_values=task.pad_values(tokenizer)),
+        compute_metrics=_metric_function(task, splits["validation"], features["validation"], model.config.id2label),
+        processing_class=tokenizer,
+        callbacks=_callbacks(recipe, run_dir, args),
+        lengths=lengths_of(features["train"]) if recipe.train.group_by_length else None,
+    )
+    if trainer.is_world_process_zero():
+        write_atomic(run_dir.recipe, dump_recipe(recipe))
+    resume_from = get_last_checkpoint(str(run_dir.checkpoints)) if recipe.train.resume else None
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+    started = time.perf_counter()
+    outcome = trainer.train(resume_from_checkpoint=resume_from)
+    metrics = {"train": {**outcome.metrics, "wall_seconds": time.perf_counter() - started}}
+
+    for split in [s for s in recipe.eval.splits if s in splits]:
+        metrics[split] = evaluate_split(
+            trainer, task, splits[split], features[split], run_dir if recipe.eval.write_predictions else None, split
+        )
+    if trainer.is_world_process_zero():
+        run_dir.publish_model(lambda folder: (trainer.model.save_pretrained(folder), tokenizer.save_pretrained(folder)))
+        run_dir.write_metrics(metrics)
+        write_atomic(run_dir.summary, summary(recipe, metrics, model))
+    return RunResult(run_dir.root, metrics, recipe)
+
+
+def evaluate_split(
+    trainer: Trainer,
+    task: Task,
+    examples: datasets.Dataset,
+    features: datasets.Dataset,
+    run_dir: RunDir | None,
+    split: str,
+) -> dict[str, float]:
+    """Score one split through the task's decoding; write its predictions when a run dir is given."""
+    started = time.perf_counter()
+    logits = _first(trainer.predict(features).predictions)
+    predictions = task.decode(examples, features, logits, trainer.model.config.id2label)
+    metrics = task.score(examples, predictions)
+    metrics["samples_per_second"] = len(examples) / (time.perf_counter() - started)
+    if run_dir is not None and trainer.is_world_process_zero():
+        run_dir.write_predictions(split, (task.present(example, p) for example, p in zip(examples, predictions)))
+    return metrics
+
+
+def training_arguments(recipe: Recipe, run_dir: RunDir, task: Task) -> TrainingArguments:
+    train = recipe.train
+    precision = resolve_precision(train.precision)
+    evaluating = train.eval_strategy != "no"
+    return TrainingArguments(
+        output_dir=str(run_dir.checkpoints),
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.eval_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        learning_rate=train.learning_rate,
+        weight_decay=train.weight_decay,
+        warmup_steps=train.warmup_ratio,
+        lr_scheduler_type=train.lr_scheduler,
+        max_grad_norm=train.max_grad_norm,
+        seed=train.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        eval_strategy=train.eval_strategy,
+        eval_steps=train.eval_steps,
+        save_strategy=train.eval_strategy if evaluating else "epoch",
+        save_steps=train.eval_steps,
+        save_total_limit=train.save_total_limit,
+        load_best_model_at_end=evaluating,
+        metric_for_best_model=train.metric_for_best_model or task.main_metric,
+        greater_is_better=(train.metric_for_best_model or task.main_metric) != "loss",
+        logging_steps=train.logging_steps,
+        report_to="none",
+        dataloader_num_workers=train.num_workers,
+        label_names=["labels"],
+    )
+
+
+def resolve_precision(choice: str) -> str:
+    """`auto` means bf16 where the hardware computes it natively, else fp32 (fp16 only on request)."""
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if _cpu_has_native_bf16() else "fp32"
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _metric_function(
+    task: Task, examples: datasets.Dataset, features: datasets.Dataset, id2label: dict[int, str]
+) -> Any:
+    def compute(prediction: Any) -> dict[str, float]:
+        return task.score(examples, task.decode(examples, features, _first(prediction.predictions), id2label))
+
+    return compute
+
+
+def _first(predictions: Any) -> np.ndarray:
+    """Logits, when a model also returns hidden states or other extras."""
+    return predictions[0] if isinstance(predictions, tuple) else predictions
+
+
+def _callbacks(recipe: Recipe, run_dir: RunDir, args: TrainingArguments) -> list[TrainerCallback]:
+    callbacks: list[TrainerCallback] = [CSVLogCallback(run_dir.logs / "metrics.csv")]
+    if args.process_index == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir.logs / "tensorboard"))))
+    if recipe.train.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))
+    return callbacks
+
+
+def _log_to_file(path: Path) -> None:
+    """Send this run's full log to its own file; the console keeps showing warnings only.
+
+    A later run in the same process replaces the earlier run's file handler.
+    """
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.set_name("nlptasks-run")
+    for name in ("nlptasks", "transformers"):
+        logger = logging.getLogger(name)
+        for old in logger.handlers:
+            if old.get_name() == "nlptasks-run":
+                logger.removeHandler(old)
+                old.close()
+            elif old.level == logging.NOTSET:
+                old.setLevel(logging.WARNING)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def summary(recipe: Recipe, metrics: dict[str, dict[str, float]], model: torch.nn.Module) -> str:
+    """A short Markdown page: what ran, how long it took, and the headline metrics."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    train = metrics["train"]
+    lines = [
+        f"# {recipe.task} · {recipe.model} · {recipe.method}",
+        "",
+        recipe.description,
+        "",
+        f"- trainable parameters: {trainable:,}",
+        f"- training: {train.get('train_runtime', 0):.0f} s, {train.get('train_samples_per_second', 0):.1f} samples/s, "
+        f"precision {resolve_precision(recipe.train.precision)}",
+        "",
+        "| split | metric | value |",
+        "|---|---|---|",
+    ]
+    for split, values in metrics.items():
+        if split != "train":
+            lines += [f"| {split} | {name} | {value:.4f} |" for name, value in values.items() if "_" not in name]
+    return "\n".join(lines) + "\n"
