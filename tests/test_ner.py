@@ -1,0 +1,98 @@
+"""NER: subword alignment, windows over long inputs, decoding, and seqeval scoring by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from nlptasks.tasks.ner import NER, NEROptions, _entities, _repair_iob
+
+LABELS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+LABEL2ID = {label: i for i, label in enumerate(LABELS)}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm_dir: Path):
+    return AutoTokenizer.from_pretrained(minilm_dir)
+
+
+def examples(tokens: list[str], tags: list[str]) -> datasets.Dataset:
+    return datasets.Dataset.from_dict({"tokens": [tokens], "ner_tags": [tags]})
+
+
+def test_first_subword_gets_the_label_and_continuations_are_ignored(tokenizer) -> None:
+    task = NER(NEROptions(), max_length=32, stride=4)
+    features = task.featurize(examples(["Schwarzenegger", "lives", "here"], ["B-PER", "O", "O"]), tokenizer, LABEL2ID)
+    word_ids, labels = features[0]["word_ids"], features[0]["labels"]
+    first = word_ids.index(0)
+    assert labels[first] == LABEL2ID["B-PER"]
+    continuation = [labels[i] for i, w in enumerate(word_ids) if w == 0][1:]
+    assert continuation and set(continuation) == {-100}
+    assert labels[0] == -100 and labels[-1] == -100  # [CLS] and [SEP]
+
+
+def test_label_all_subwords_turns_b_into_i_on_continuations(tokenizer) -> None:
+    task = NER(NEROptions(label_all_subwords=True), max_length=32, stride=4)
+    features = task.featurize(examples(["Schwarzenegger", "lives"], ["B-PER", "O"]), tokenizer, LABEL2ID)
+    labels = [label for label, w in zip(features[0]["labels"], features[0]["word_ids"]) if w == 0]
+    assert labels[0] == LABEL2ID["B-PER"] and set(labels[1:]) == {LABEL2ID["I-PER"]}
+
+
+def test_long_inputs_become_overlapping_windows_and_no_word_is_dropped(tokenizer) -> None:
+    words = [f"word{i}" for i in range(60)]
+    tags = ["B-LOC" if i % 7 == 0 else "O" for i in range(60)]
+    task = NER(NEROptions(), max_length=24, stride=6)
+    data = examples(words, tags)
+    features = task.featurize(data, tokenizer, LABEL2ID)
+    assert len(features) > 3 and set(features["example_index"]) == {0}
+    covered = {w for ids in features["word_ids"] for w in ids if w >= 0}
+    assert covered == set(range(60))
+    # Perfect logits at every labelled position decode back to the gold tags, across windows.
+    logits = np.full((len(features), 24, len(LABELS)), -5.0)
+    for row, ids in enumerate(features["word_ids"]):
+        for position, word in enumerate(ids):
+            if word >= 0:
+                logits[row, position, LABEL2ID[tags[word]]] = 5.0
+    assert task.decode(data, features, logits, dict(enumerate(LABELS))) == [tags]
+
+
+def test_seqeval_scores_match_a_hand_computation() -> None:
+    task = NER(NEROptions(), max_length=32, stride=4)
+    gold = examples(["a"] * 6, ["B-PER", "I-PER", "O", "B-LOC", "O", "B-LOC"])
+    # Predicted: the PER span right, the first LOC right, the second LOC missed, one spurious PER.
+    predicted = [["B-PER", "I-PER", "B-PER", "B-LOC", "O", "O"]]
+    metrics = task.score(gold, predicted)
+    # 2 correct of 3 predicted, 2 correct of 3 gold.
+    assert metrics["precision"] == pytest.approx(2 / 3) and metrics["recall"] == pytest.approx(2 / 3)
+    assert metrics["f1"] == pytest.approx(2 / 3)
+    assert metrics["f1_PER"] == pytest.approx(2 * 0.5 * 1 / 1.5)  # P 1/2, R 1/1
+    assert metrics["f1_LOC"] == pytest.approx(2 * 1 * 0.5 / 1.5)  # P 1/1, R 1/2
+
+
+def test_repair_and_entity_spans() -> None:
+    assert _repair_iob(["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-PER"]) == [
+        "B-PER",
+        "I-PER",
+        "O",
+        "B-LOC",
+        "B-LOC",
+        "B-PER",
+    ]
+    assert _entities(["B-PER", "I-PER", "O", "B-LOC", "B-LOC"]) == [("PER", 0, 1), ("LOC", 3, 3), ("LOC", 4, 4)]
+
+
+def test_raw_text_predictions_carry_character_offsets() -> None:
+    task = NER(NEROptions(), max_length=32, stride=4)
+    text = "Dr. Angela Merkel visited Paris."
+    example = task.examples_from_texts([text])[0]
+    tags = ["O"] * len(example["tokens"])
+    tags[example["tokens"].index("Angela")] = "B-PER"
+    tags[example["tokens"].index("Merkel")] = "I-PER"
+    tags[example["tokens"].index("Paris")] = "B-LOC"
+    shown = task.present(example, tags)
+    spans = [(e["type"], e["text"], text[e["start"] : e["end"]]) for e in shown["entities"]]
+    assert spans == [("PER", "Angela Merkel", "Angela Merkel"), ("LOC", "Paris", "Paris")]

@@ -1,0 +1,119 @@
+"""Recipes: every shipped one validates; mistakes fail before any work, naming file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nlptasks.cli import main
+from nlptasks.errors import RecipeError
+from nlptasks.recipe import RECIPES_DIR, load_recipe, shipped_recipes
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", [name for name, _ in shipped_recipes()])
+def test_every_shipped_recipe_validates_and_has_a_description(name: str) -> None:
+    recipe = load_recipe(name)
+    assert recipe.description, f"{name} needs a one-line description"
+
+
+def test_the_contract_keys_override_in_every_recipe() -> None:
+    for name, _ in shipped_recipes():
+        recipe = load_recipe(
+            name,
+            [
+                "model=some/model",
+                "output_dir=/tmp/x",
+                "train.epochs=1",
+                "train.max_steps=5",
+                "train.batch_size=4",
+                "train.learning_rate=1e-3",
+                "train.seed=7",
+                "data.max_train_samples=10",
+                "data.max_eval_samples=5",
+            ],
+        )
+        assert (recipe.model, recipe.train.epochs, recipe.train.max_steps, recipe.train.seed) == ("some/model", 1, 5, 7)
+        assert recipe.train.learning_rate == 1e-3 and recipe.data.max_train_samples == 10
+
+
+def test_extends_deep_merges_over_the_base(tmp_path: Path) -> None:
+    write(tmp_path / "base.yaml", "task: ner\nmodel: minilm-l6\ntrain: {epochs: 5, batch_size: 8}\n")
+    child = write(tmp_path / "child.yaml", "extends: base.yaml\ntrain: {epochs: 1}\n")
+    recipe = load_recipe(child)
+    assert (recipe.train.epochs, recipe.train.batch_size, recipe.model) == (1, 8, "minilm-l6")
+
+
+def test_shipped_ner_recipes_extend_the_base() -> None:
+    assert load_recipe("ner/minilm").data.name == "conll2003"
+    assert (RECIPES_DIR / "ner" / "_base.yaml").is_file()
+
+
+def test_unknown_key_names_file_path_and_suggestion(tmp_path: Path) -> None:
+    path = write(tmp_path / "r.yaml", "task: ner\nmodel: minilm-l6\ntrain: {epohcs: 2}\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    assert str(path) in message and "train.epohcs" in message and "did you mean 'epochs'" in message
+
+
+def test_wrong_type_names_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path / "r.yaml", "task: ner\nmodel: minilm-l6\ntrain: {batch_size: lots}\n")
+    with pytest.raises(RecipeError, match=r"train\.batch_size.*'lots'"):
+        load_recipe(path)
+
+
+def test_unknown_task_suggests_the_closest() -> None:
+    with pytest.raises(RecipeError, match="did you mean 'ner'"):
+        load_recipe({"task": "nerr", "model": "minilm-l6"})
+
+
+def test_missing_data_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match=r"data\.train_file: file not found"):
+        load_recipe({"task": "ner", "model": "x", "data": {"train_file": str(tmp_path / "nope.jsonl")}})
+
+
+def test_malformed_yaml_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "r.yaml", "task: ner\nmodel: [unclosed\n")
+    with pytest.raises(RecipeError, match=rf"{path}:\d+: malformed YAML"):
+        load_recipe(path)
+
+
+def test_missing_base_and_cycles_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="extends: file not found"):
+        load_recipe(write(tmp_path / "a.yaml", "extends: missing.yaml\n"))
+    write(tmp_path / "b.yaml", "extends: c.yaml\n")
+    write(tmp_path / "c.yaml", "extends: b.yaml\n")
+    with pytest.raises(RecipeError, match="cycle"):
+        load_recipe(tmp_path / "b.yaml")
+
+
+def test_bad_set_syntax_and_unknown_recipe() -> None:
+    with pytest.raises(RecipeError, match="KEY=VALUE"):
+        load_recipe("ner/minilm", ["train.epochs"])
+    with pytest.raises(RecipeError, match="did you mean 'ner/minilm'"):
+        load_recipe("ner/minlm")
+
+
+def test_task_args_are_validated_by_the_task() -> None:
+    from nlptasks.tasks import task_for
+
+    with pytest.raises(RecipeError, match=r"task_args\.label_all_subword.*did you mean 'label_all_subwords'"):
+        task_for(load_recipe("ner/minilm", {"task_args": {"label_all_subword": True}}))
+
+
+def test_cli_exits_2_with_the_message_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path / "r.yaml", "task: ner\nmodel: minilm-l6\ntrain: {epohcs: 2}\n")
+    assert main(["run", str(path)]) == 2
+    assert "did you mean 'epochs'" in capsys.readouterr().err
+
+
+def test_cli_lists_recipes_with_descriptions(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert "ner/minilm" in out and "CoNLL-2003" in out and "_base" not in out

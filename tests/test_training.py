@@ -1,0 +1,126 @@
+"""The training core end to end on tiny random models: run directory, reproducibility, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import nlptasks
+from nlptasks.cli import main
+
+CONTRACT_FILES = (
+    "recipe.yaml",
+    "metrics.json",
+    "summary.md",
+    "predictions/validation.jsonl",
+    "predictions/test.jsonl",
+    "model/config.json",
+    "model/model.safetensors",
+    "logs/metrics.csv",
+)
+
+
+def test_a_run_writes_the_contracted_run_directory(tiny_bert: Path, ner_recipe, tmp_path: Path) -> None:
+    result = nlptasks.run(ner_recipe(tiny_bert, tmp_path / "run"))
+    for name in CONTRACT_FILES:
+        assert (result.run_dir / name).is_file(), name
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert set(metrics) == {"train", "validation", "test"}
+    assert {"f1", "precision", "recall", "f1_PER", "f1_LOC"} <= set(metrics["test"])
+    resolved = yaml.safe_load((result.run_dir / "recipe.yaml").read_text())
+    assert resolved["train"]["epochs"] == 2 and resolved["model"] == str(tiny_bert)
+    assert not list(result.run_dir.glob("model/*.bin")), "only safetensors weights in model/"
+
+
+def test_the_same_seed_reproduces_the_metrics(tiny_bert: Path, ner_recipe, tmp_path: Path) -> None:
+    first = nlptasks.run(ner_recipe(tiny_bert, tmp_path / "a")).metrics
+    second = nlptasks.run(ner_recipe(tiny_bert, tmp_path / "b")).metrics
+    for split in ("validation", "test"):
+        assert first[split]["f1"] == second[split]["f1"]
+        assert first[split]["precision"] == second[split]["precision"]
+
+
+def test_a_killed_run_resumes_to_the_same_final_metrics(tiny_bert: Path, ner_recipe, tmp_path: Path) -> None:
+    settings = {"epochs": 12, "eval_strategy": "steps", "eval_steps": 8, "save_total_limit": 3}
+    reference = nlptasks.run(ner_recipe(tiny_bert, tmp_path / "reference", **settings)).metrics
+
+    recipe_file = tmp_path / "killed.yaml"
+    recipe_file.write_text(yaml.safe_dump(ner_recipe(tiny_bert, tmp_path / "killed", **settings)))
+    command = [sys.executable, "-m", "nlptasks", "run", str(recipe_file)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    first_checkpoint = tmp_path / "killed" / "checkpoints" / "checkpoint-16" / "trainer_state.json"
+    deadline = time.monotonic() + 240
+    while not first_checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "killed" / "metrics.json").exists(), "the run finished before it could be killed"
+
+    assert subprocess.run(command, capture_output=True, env=os.environ.copy()).returncode == 0
+    resumed = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert "resuming from" in (tmp_path / "killed" / "logs" / "train.log").read_text()
+    for split in ("validation", "test"):
+        assert resumed[split]["f1"] == pytest.approx(reference[split]["f1"], abs=1e-9)
+
+
+def test_predict_and_eval_from_the_cli(
+    tiny_bert: Path,
+    ner_recipe,
+    ner_files,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run_dir = nlptasks.run(ner_recipe(tiny_bert, tmp_path / "run")).run_dir
+    capsys.readouterr()  # drop the training log
+    assert main(["predict", str(run_dir), "--text", "Angela Merkel visited Paris.", "--text", "Hi"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["text"] for line in lines] == ["Angela Merkel visited Paris.", "Hi"]
+    assert all("entities" in line for line in lines)
+
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO('{"text": "Siemens in Ohio"}\nplain line\n'))
+    assert main(["predict", str(run_dir)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+    assert main(["eval", str(run_dir), "--file", str(ner_files["test"])]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    stored = json.loads((run_dir / "metrics.json").read_text())["test"]
+    assert scored["f1"] == pytest.approx(stored["f1"])
+
+    assert main(["predict", str(tmp_path / "nowhere"), "--text", "x"]) == 2
+
+
+def test_the_decoder_family_runs_through_the_same_recipe(tiny_llama: Path, ner_recipe, tmp_path: Path) -> None:
+    result = nlptasks.run(ner_recipe(tiny_llama, tmp_path / "llama", epochs=1))
+    assert "f1" in result.metrics["test"]
+    predictor = nlptasks.load(result.run_dir)
+    [shown] = predictor.predict("Angela Merkel visited Paris.")
+    assert len(shown["tags"]) == 5
+
+
+def test_classification_runs_and_predicts(tiny_bert: Path, tmp_path: Path) -> None:
+    rows = [{"text": "good fine great", "label": "pos"}, {"text": "bad awful poor", "label": "neg"}] * 16
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = nlptasks.run(
+        {
+            "task": "classification",
+            "model": str(tiny_bert),
+            "output_dir": str(tmp_path / "run"),
+            "data": {"train_file": str(train), "validation_fraction": 0.25},
+            "train": {"epochs": 10, "batch_size": 8, "learning_rate": 3e-3, "precision": "fp32"},
+        }
+    )
+    assert result.metrics["validation"]["accuracy"] == 1.0
+    [shown] = nlptasks.load(result.run_dir).predict("great and fine")
+    assert shown["label"] == "pos" and 0.5 < shown["score"] <= 1.0
