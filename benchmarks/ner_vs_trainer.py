@@ -1,0 +1,159 @@
+"""NER training: nlptasks vs a plain `transformers.Trainer` script, same model, data, batch, epochs, seed.
+
+The plain script is written the way the official `run_ner.py` is (first-subword labels,
+`DataCollatorForTokenClassification`, dynamic padding, random batches, `--bf16 --use_cpu`).
+Each side runs in its own process, so peak RSS is measured per side.
+
+    NLPTASKS_DATA_DIR=../shared/data .venv/bin/python benchmarks/ner_vs_trainer.py --epochs 1
+
+Prints a table and the throughput ratio; `--results` appends it to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def plain_trainer(args: argparse.Namespace) -> dict[str, float]:
+    """The baseline: what the official example does, condensed."""
+    import datasets
+    import numpy as np
+    from seqeval.metrics import f1_score
+    from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
+                              Trainer, TrainingArguments, set_seed)
+
+    from nlptasks import catalog
+
+    set_seed(args.seed)
+    folder = catalog.local_dataset_folder("conll2003")
+    raw = datasets.load_dataset("json", data_files={s: str(folder / f"{s}.jsonl") for s in ("train", "test")})
+    labels = sorted({tag for tags in raw["train"]["ner_tags"] for tag in tags})
+    label2id = {label: i for i, label in enumerate(labels)}
+    location = catalog.resolve_model(args.model).location
+    tokenizer = AutoTokenizer.from_pretrained(location)
+
+    def tokenize_and_align(batch: dict) -> dict:
+        encoded = tokenizer(batch["tokens"], truncation=True, max_length=128, is_split_into_words=True)
+        all_labels = []
+        for i, tags in enumerate(batch["ner_tags"]):
+            previous, row = None, []
+            for word in encoded.word_ids(i):
+                row.append(-100 if word is None or word == previous else label2id[tags[word]])
+                previous = word
+            all_labels.append(row)
+        encoded["labels"] = all_labels
+        return encoded
+
+    tokenized = raw.map(tokenize_and_align, batched=True, remove_columns=raw["train"].column_names)
+    model = AutoModelForTokenClassification.from_pretrained(
+        location, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id
+    )
+    training_args = TrainingArguments(
+        output_dir=str(args.workdir / "plain"), num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=128, learning_rate=args.learning_rate, seed=args.seed, bf16=args.bf16,
+        use_cpu=True, eval_strategy="no", save_strategy="no", report_to="none", logging_steps=100,
+    )
+    trainer = Trainer(model=model, args=training_args, train_dataset=tokenized["train"],
+                      data_collator=DataCollatorForTokenClassification(tokenizer), processing_class=tokenizer)
+    train = trainer.train().metrics
+    output = trainer.predict(tokenized["test"])
+    predicted = np.argmax(output.predictions, axis=-1)
+    gold_tags, predicted_tags = [], []
+    for p_row, l_row in zip(predicted, output.label_ids):
+        keep = l_row != -100
+        gold_tags.append([labels[i] for i in l_row[keep]])
+        predicted_tags.append([labels[i] for i in p_row[keep]])
+    return {"train_samples_per_second": train["train_samples_per_second"], "train_runtime": train["train_runtime"],
+            "test_f1": f1_score(gold_tags, predicted_tags)}
+
+
+def toolkit(args: argparse.Namespace) -> dict[str, float]:
+    import nlptasks
+
+    result = nlptasks.run("ner/minilm", {
+        "model": args.model, "output_dir": str(args.workdir / "nlptasks"), "train.epochs": args.epochs,
+        "train.batch_size": args.batch_size, "train.learning_rate": args.learning_rate, "train.seed": args.seed,
+        "train.warmup_ratio": 0.0, "train.eval_strategy": "no", "train.resume": False,
+        "train.precision": "bf16" if args.bf16 else "fp32", "eval.splits": ["test"],
+    })
+    train = result.metrics["train"]
+    return {"train_samples_per_second": train["train_samples_per_second"], "train_runtime": train["train_runtime"],
+            "test_f1": result.metrics["test"]["f1"]}
+
+
+SIDES = {"plain-trainer": plain_trainer, "nlptasks": toolkit}
+
+
+def measure(side: str, args: argparse.Namespace) -> dict[str, float]:
+    """Run one side in a child process; its peak RSS comes from the kernel's accounting."""
+    command = [sys.executable, __file__, "--side", side, "--epochs", str(args.epochs), "--batch-size",
+               str(args.batch_size), "--learning-rate", str(args.learning_rate), "--seed", str(args.seed),
+               "--model", args.model, "--workdir", str(args.workdir)] + ([] if args.bf16 else ["--fp32"])
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
+    if done.returncode != 0:
+        raise SystemExit(f"{side} failed:\n{done.stderr[-4000:]}")
+    metrics = json.loads(done.stdout.strip().splitlines()[-1])
+    metrics["peak_rss_gb"] = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 2**20
+    return metrics
+
+
+def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
+    ratio = results["nlptasks"]["train_samples_per_second"] / results["plain-trainer"]["train_samples_per_second"]
+    lines = [
+        f"### NER training throughput: nlptasks vs plain Trainer ({date.today()})",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU. Command: "
+        f"`NLPTASKS_DATA_DIR=../shared/data .venv/bin/python benchmarks/ner_vs_trainer.py --epochs {args.epochs}"
+        f"{'' if args.bf16 else ' --fp32'} --results`. Model `{args.model}`, CoNLL-2003 train (14,041), batch "
+        f"{args.batch_size}, lr {args.learning_rate}, seed {args.seed}, {'bf16' if args.bf16 else 'fp32'}.",
+        "",
+        "| side | train samples/s | train s | test F1 | peak RSS GB |",
+        "|---|---|---|---|---|",
+    ]
+    for side, m in results.items():
+        lines.append(f"| {side} | {m['train_samples_per_second']:.1f} | {m['train_runtime']:.0f} | "
+                     f"{m['test_f1']:.4f} | {m['peak_rss_gb']:.2f} |")
+    lines += ["", f"Throughput ratio nlptasks / plain Trainer: **{ratio:.2f}×**", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--side", choices=SIDES)
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--model", default="minilm-l6")
+    parser.add_argument("--fp32", dest="bf16", action="store_false")
+    parser.add_argument("--workdir", type=Path, default=Path("runs/benchmarks"))
+    parser.add_argument("--results", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    if args.side:
+        started = time.perf_counter()
+        metrics = SIDES[args.side](args)
+        metrics["wall_seconds"] = time.perf_counter() - started
+        print(json.dumps(metrics))
+        return
+    results = {side: measure(side, args) for side in SIDES}
+    text = report(results, args)
+    print(text)
+    if args.results:
+        with (HERE / "RESULTS.md").open("a") as handle:
+            handle.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
