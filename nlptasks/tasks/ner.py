@@ -20,7 +20,7 @@ from nlptasks.tasks.base import Task
 
 TAG = re.compile(r"^(O|[BI]-\S+)$")
 WORD = re.compile(r"\w+(?:[-'.]\w+)*|[^\w\s]")
-"""Raw text to words for `predict`: runs of word characters (with inner -'.) or one symbol."""
+"""Raw text to words (for `predict`, and the recurrent tokenizer): word characters with inner -'. or one symbol."""
 
 
 class NEROptions(Section):

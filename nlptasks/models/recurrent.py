@@ -1,0 +1,377 @@
+"""Recurrent baselines (BiLSTM / BiGRU, optional char encoder and CRF) as `transformers` models.
+
+They are `PreTrainedModel`s registered with the Auto classes, with a word-level fast tokenizer
+registered with `AutoTokenizer`, so recipes, the Trainer-based training core, metrics, checkpoints
+and `load` treat them exactly like transformers. The tokenizer also returns `char_ids` (characters
+of each token's original text) so out-of-vocabulary words still get a representation.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torchcrf import CRF
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    BatchEncoding,
+    PreTrainedConfig,
+    PreTrainedModel,
+    TokenizersBackend,
+)
+from transformers import initialization as init
+from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
+
+from nlptasks.catalog import RECURRENT_MODEL_TYPE
+from nlptasks.errors import RecipeError
+from nlptasks.recipe import Section, validate_section
+from nlptasks.tasks.base import Task
+from nlptasks.tasks.ner import WORD
+
+PAD, UNK = "[PAD]", "[UNK]"
+NOT_CHOSEN = -1e4
+
+
+class RecurrentOptions(Section):
+    """`model_args` of `bilstm` / `bigru` recipes."""
+
+    embedding_dim: int = Field(default=100, gt=0)
+    """Size of the (randomly initialised) word embeddings."""
+    hidden_size: int = Field(default=200, gt=0)
+    """RNN state size per direction; the BiRNN output is twice this."""
+    num_layers: int = Field(default=1, gt=0)
+    """Stacked BiRNN layers (one is the classic tagger; dropout also applies between layers)."""
+    dropout: float = Field(default=0.5, ge=0, lt=1)
+    """Dropout on the RNN input, between layers and before the output layer."""
+    word_dropout: float = Field(default=0.05, ge=0, lt=1)
+    """Share of training words replaced by [UNK], so the [UNK] embedding learns to stand for unseen words."""
+    char_encoder: bool = True
+    """Add a character CNN vector to each word: unseen words still get a representation from their spelling."""
+    char_dim: int = Field(default=30, gt=0)
+    """Size of the character embeddings."""
+    char_hidden: int = Field(default=50, gt=0)
+    """Filters of the character CNN (width 3, max-pooled over the word): the char vector size."""
+    crf: bool = False
+    """Token classification: score whole tag sequences with a CRF (learned tag transitions, Viterbi decoding)."""
+    pooling: Literal["max", "mean", "attention"] = "max"
+    """Sequence classification: how token states become one vector (`attention`: additive attention)."""
+    min_word_freq: int = Field(default=1, gt=0)
+    """Training-split words seen fewer times than this map to [UNK]."""
+    lowercase: bool = True
+    """Look up word embeddings on lowercased words (characters keep their case)."""
+    max_word_chars: int = Field(default=20, gt=0)
+    """Characters of a word the char encoder reads (the first ones)."""
+
+
+class BiRNNConfig(PreTrainedConfig):
+    """Cell, vocabulary sizes and the validated `RecurrentOptions` (as a dict, one schema for both)."""
+
+    model_type = RECURRENT_MODEL_TYPE
+    cell: str = "lstm"
+    vocab_size: int = 2
+    char_vocab_size: int = 2
+    options: dict[str, Any] | None = None
+    pad_token_id: int | None = 0
+
+    @property
+    def recurrent(self) -> RecurrentOptions:
+        return RecurrentOptions.model_validate(self.options or {})
+
+
+class BiRNNTokenizer(TokenizersBackend):
+    """Word-level fast tokenizer that also returns each token's character ids (`char_ids`).
+
+    No `__init__` of its own, so `from_pretrained` loads `tokenizer.json` directly; the character
+    vocabulary and `max_word_chars` are init kwargs, hence saved in `tokenizer_config.json`.
+    For word-split input it also returns `word_starts` (1 on a word's first token) for CRF decoding.
+    """
+
+    model_input_names = ["input_ids", "attention_mask"]
+
+    @classmethod
+    def train(cls, texts: Iterable[str], options: RecurrentOptions) -> BiRNNTokenizer:
+        """Word and character vocabularies from training words or texts ([PAD]=0, [UNK]=1 in both)."""
+        texts = list(texts)
+        backend = Tokenizer(models.WordLevel(unk_token=UNK))
+        if options.lowercase:
+            backend.normalizer = normalizers.Lowercase()
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(WORD.pattern), "isolated")]
+        )
+        trainer = trainers.WordLevelTrainer(
+            vocab_size=2**31 - 1, min_frequency=options.min_word_freq, special_tokens=[PAD, UNK]
+        )
+        backend.train_from_iterator(texts, trainer=trainer)
+        chars = Counter(c for text in texts for c in text if not c.isspace())
+        ordered = sorted(chars, key=lambda c: (-chars[c], c))  # deterministic: by count, then character
+        char_vocab = {PAD: 0, UNK: 1, **{c: i for i, c in enumerate(ordered, 2)}}
+        return cls(
+            tokenizer_object=backend,
+            pad_token=PAD,
+            unk_token=UNK,
+            char_vocab=char_vocab,
+            max_word_chars=options.max_word_chars,
+        )
+
+    @property
+    def char_vocab(self) -> dict[str, int]:
+        return self.init_kwargs["char_vocab"]
+
+    def _encode_plus(self, text: Any, text_pair: Any = None, **kwargs: Any) -> BatchEncoding:
+        """The backend's encoding plus `char_ids` (and `word_starts` for word-split input) per token."""
+        if text_pair is not None:
+            raise ValueError("BiRNNTokenizer encodes single sequences, not pairs")
+        split = kwargs.get("is_split_into_words", False)
+        return_tensors = kwargs.pop("return_tensors", None)
+        encoded = super()._encode_plus(text, return_tensors=None, **kwargs)
+        batched = isinstance(text, (list, tuple)) and bool(text) and (not split or isinstance(text[0], (list, tuple)))
+        unbatch = not batched and not kwargs.get("return_overflowing_tokens")  # as the backend returned it
+        inputs = text if batched else [text]
+        samples = encoded.get("overflow_to_sample_mapping") or range(len(encoded.encodings))
+        char_ids, word_starts = [], []
+        for encoding, sample in zip(encoded.encodings, samples):  # one per window, each mapped to its input
+            words = encoding.word_ids
+            char_ids.append([self._chars(inputs[sample], w, span) for w, span in zip(words, encoding.offsets)])
+            word_starts.append([int(w is not None and w != p) for w, p in zip(words, [None, *words])])
+        encoded["char_ids"] = char_ids[0] if unbatch else char_ids
+        if split:
+            encoded["word_starts"] = word_starts[0] if unbatch else word_starts
+        return encoded if return_tensors is None else _as_tensors(encoded, unbatch, return_tensors)
+
+    def _chars(self, source: str | list[str], word: int | None, span: tuple[int, int]) -> list[int]:
+        """Character ids of one token from the original text (offsets are per word for word-split input)."""
+        if word is None:
+            return []
+        surface = source[word] if isinstance(source, (list, tuple)) else source
+        text = surface[span[0] : span[1]][: self.init_kwargs["max_word_chars"]]
+        return [self.char_vocab.get(c, 1) for c in text]
+
+
+class BiRNNEncoder(nn.Module):
+    """Words (+ char CNN vectors) through a bidirectional RNN; padding never enters the RNN (packed)."""
+
+    def __init__(self, config: BiRNNConfig) -> None:
+        super().__init__()
+        opts = config.recurrent
+        self.word_dropout = opts.word_dropout
+        self.word_embeddings = nn.Embedding(config.vocab_size, opts.embedding_dim, padding_idx=0)
+        rnn_input = opts.embedding_dim
+        if opts.char_encoder:
+            self.char_embeddings = nn.Embedding(config.char_vocab_size, opts.char_dim, padding_idx=0)
+            self.char_conv = nn.Conv1d(opts.char_dim, opts.char_hidden, kernel_size=3, padding=1)
+            rnn_input += opts.char_hidden
+        rnn_class = {"lstm": nn.LSTM, "gru": nn.GRU}[config.cell]
+        self.rnn = rnn_class(
+            rnn_input,
+            opts.hidden_size,
+            num_layers=opts.num_layers,
+            dropout=opts.dropout if opts.num_layers > 1 else 0.0,
+            batch_first=True,
+            bidirectional=True,
+        )
+        self.dropout = nn.Dropout(opts.dropout)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, char_ids: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(states (batch, seq, 2*hidden), mask (batch, seq) bool) for right-padded batches."""
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        if self.training and self.word_dropout > 0:
+            dropped = (torch.rand(input_ids.shape, device=input_ids.device) < self.word_dropout) & (input_ids > 1)
+            input_ids = input_ids.masked_fill(dropped, 1)
+        features = self.word_embeddings(input_ids)
+        if hasattr(self, "char_conv"):
+            if char_ids is None:
+                raise ValueError("this model has a character encoder: pass `char_ids` (its tokenizer returns them)")
+            features = torch.cat([features, self._char_vectors(char_ids)], dim=-1)
+        lengths = mask.sum(1).clamp(min=1).cpu()
+        packed = pack_padded_sequence(self.dropout(features), lengths, batch_first=True, enforce_sorted=False)
+        states, _ = self.rnn(packed)
+        states, _ = pad_packed_sequence(states, batch_first=True, total_length=input_ids.shape[1])
+        return self.dropout(states), mask
+
+    def _char_vectors(self, char_ids: torch.Tensor) -> torch.Tensor:
+        """Max over each word's characters of a width-3 CNN; tokens without characters get zeros."""
+        batch, seq, width = char_ids.shape
+        flat = char_ids.reshape(batch * seq, width)
+        conv = self.char_conv(self.char_embeddings(flat).transpose(1, 2))
+        pooled = conv.masked_fill((flat == 0).unsqueeze(1), float("-inf")).amax(-1)
+        pooled = pooled.masked_fill((flat == 0).all(-1, keepdim=True), 0.0)
+        return pooled.reshape(batch, seq, -1)
+
+
+class BiRNNPreTrainedModel(PreTrainedModel):
+    config_class = BiRNNConfig
+    base_model_prefix = "encoder"
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Embeddings ~ N(0, 1/dim); everything else keeps torch's own init (guarded against re-init on load)."""
+        if isinstance(module, nn.Embedding):
+            init.normal_(module.weight, std=module.embedding_dim**-0.5)
+            if not getattr(module.weight, "_is_hf_initialized", False):
+                module.weight[module.padding_idx].zero_()
+        elif isinstance(module, (nn.RNNBase, nn.Linear, nn.Conv1d, CRF)):
+            module.reset_parameters()
+
+
+class BiRNNForTokenClassification(BiRNNPreTrainedModel):
+    def __init__(self, config: BiRNNConfig) -> None:
+        super().__init__(config)
+        opts = config.recurrent
+        self.encoder = BiRNNEncoder(config)
+        self.classifier = nn.Linear(2 * opts.hidden_size, config.num_labels)
+        self.crf = CRF(config.num_labels, batch_first=True) if opts.crf else None
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        char_ids: torch.Tensor | None = None,
+        word_starts: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> TokenClassifierOutput:
+        states, mask = self.encoder(input_ids, attention_mask, char_ids)
+        emissions = self.classifier(states)
+        if self.crf is None:
+            loss = None if labels is None else nn.functional.cross_entropy(emissions.flatten(0, 1), labels.flatten())
+            return TokenClassifierOutput(loss=loss, logits=emissions)
+        loss = None if labels is None else self._crf_loss(emissions, labels)
+        if self.training:
+            return TokenClassifierOutput(loss=loss, logits=emissions)
+        # Decode the same positions in evaluation and predict: word starts (from the tokenizer) when given.
+        labelled = mask if labels is None else labels != -100
+        decode = labelled if word_starts is None else word_starts.bool()
+        return TokenClassifierOutput(loss=loss, logits=self._viterbi_logits(emissions, decode & mask))
+
+    def _crf_loss(self, emissions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood of the labelled positions (-100 ones removed, the rest moved left)."""
+        order, compact, rows, scores = _compacted(emissions, labels != -100)
+        if not rows.any():
+            return emissions.sum() * 0.0
+        tags = labels.gather(1, order)[rows].masked_fill(~compact, 0)
+        with torch.autocast(emissions.device.type, enabled=False):
+            return -self.crf(scores.float(), tags, mask=compact, reduction="mean")
+
+    def _viterbi_logits(self, emissions: torch.Tensor, decode: torch.Tensor) -> torch.Tensor:
+        """The Viterbi path as one-hot-like logits (0 chosen, -1e4 others; 0 where nothing is decoded),
+        so the task's shared softmax/argmax/window-averaging decoding returns the CRF's path unchanged."""
+        order, compact, rows, scores = _compacted(emissions, decode)
+        logits = torch.zeros_like(emissions)
+        if not rows.any():
+            return logits
+        with torch.autocast(emissions.device.type, enabled=False):
+            paths = self.crf.decode(scores.float(), mask=compact)
+        for row, path in zip(rows.nonzero().flatten().tolist(), paths):
+            positions = order[row, : len(path)]
+            logits[row, positions] = NOT_CHOSEN
+            logits[row, positions, torch.tensor(path, device=logits.device)] = 0.0
+        return logits
+
+
+class BiRNNForSequenceClassification(BiRNNPreTrainedModel):
+    def __init__(self, config: BiRNNConfig) -> None:
+        super().__init__(config)
+        opts = config.recurrent
+        self.pooling = opts.pooling
+        self.encoder = BiRNNEncoder(config)
+        width = 2 * opts.hidden_size
+        if opts.pooling == "attention":
+            self.attention = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 1, bias=False))
+        self.classifier = nn.Linear(width, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        char_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> SequenceClassifierOutput:
+        states, mask = self.encoder(input_ids, attention_mask, char_ids)
+        logits = self.classifier(self._pool(states, mask))
+        loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def _pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One vector per sequence from its unpadded states."""
+        keep = mask.unsqueeze(-1)
+        if self.pooling == "max":
+            return states.masked_fill(~keep, float("-inf")).amax(1)
+        if self.pooling == "mean":
+            return (states * keep).sum(1) / keep.sum(1).clamp(min=1)
+        scores = self.attention(states).masked_fill(~keep, float("-inf"))
+        return (scores.softmax(1) * states).sum(1)
+
+
+def _as_tensors(encoded: BatchEncoding, unbatch: bool, tensor_type: str) -> BatchEncoding:
+    """A batch of tensors, `char_ids` padded to the longest word (`input_ids` must be padded by the caller)."""
+    data = {key: [value] if unbatch else value for key, value in encoded.items()}
+    width = max((len(chars) for row in data["char_ids"] for chars in row), default=1)
+    data["char_ids"] = [[chars + [0] * (width - len(chars)) for chars in row] for row in data["char_ids"]]
+    return BatchEncoding(data, encoded.encodings, tensor_type=tensor_type)
+
+
+def _compacted(
+    emissions: torch.Tensor, keep: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Kept positions moved to the left of each row, as a CRF wants them (its mask must start with 1).
+
+    Returns the position order, the compact mask and emissions of rows with any kept position, and those rows.
+    """
+    order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices
+    compact = torch.arange(keep.shape[1], device=keep.device) < keep.sum(1, keepdim=True)
+    rows = compact[:, 0]
+    scores = emissions.gather(1, order.unsqueeze(-1).expand_as(emissions))[rows]
+    return order, compact[rows], rows, scores
+
+
+HEADS: dict[str, type[BiRNNPreTrainedModel]] = {
+    "AutoModelForTokenClassification": BiRNNForTokenClassification,
+    "AutoModelForSequenceClassification": BiRNNForSequenceClassification,
+}
+
+
+def build(
+    task: Task, cell: str, model_args: dict[str, Any], labels: list[str], train_examples: Any
+) -> tuple[BiRNNPreTrainedModel, BiRNNTokenizer]:
+    """A randomly initialised recurrent model for `task` and its tokenizer, vocabularies from the training split."""
+    options = validate_section(RecurrentOptions, model_args, "model_args")
+    head = HEADS.get(task.auto_model)
+    if head is None:
+        raise RecipeError(f"task '{task.name}' has no recurrent head; recurrent models support ner and classification")
+    if options.crf and head is not BiRNNForTokenClassification:
+        raise RecipeError(f"model_args.crf: a CRF tags tokens; task '{task.name}' classifies whole inputs")
+    words_or_texts = (
+        s for item in train_examples[task.input_column] for s in (item if isinstance(item, list) else [item])
+    )
+    tokenizer = BiRNNTokenizer.train(words_or_texts, options)
+    config = BiRNNConfig(
+        cell=cell,
+        vocab_size=len(tokenizer),
+        char_vocab_size=len(tokenizer.char_vocab),
+        options=options.model_dump(),
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return head(config), tokenizer
+
+
+AutoConfig.register(BiRNNConfig.model_type, BiRNNConfig, exist_ok=True)
+AutoModelForTokenClassification.register(BiRNNConfig, BiRNNForTokenClassification, exist_ok=True)
+AutoModelForSequenceClassification.register(BiRNNConfig, BiRNNForSequenceClassification, exist_ok=True)
+AutoTokenizer.register(BiRNNConfig, tokenizer_class=BiRNNTokenizer, exist_ok=True)
