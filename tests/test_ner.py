@@ -24,22 +24,49 @@ def examples(tokens: list[str], tags: list[str]) -> datasets.Dataset:
     return datasets.Dataset.from_dict({"tokens": [tokens], "ner_tags": [tags]})
 
 
+def subword_words(tokenizer, words: list[str]) -> list[int | None]:
+    return tokenizer(words, is_split_into_words=True).word_ids()
+
+
 def test_first_subword_gets_the_label_and_continuations_are_ignored(tokenizer) -> None:
     task = NER(NEROptions(), max_length=32, stride=4)
-    features = task.featurize(examples(["Schwarzenegger", "lives", "here"], ["B-PER", "O", "O"]), tokenizer, LABEL2ID)
-    word_ids, labels = features[0]["word_ids"], features[0]["labels"]
-    first = word_ids.index(0)
-    assert labels[first] == LABEL2ID["B-PER"]
-    continuation = [labels[i] for i, w in enumerate(word_ids) if w == 0][1:]
-    assert continuation and set(continuation) == {-100}
+    words = ["Schwarzenegger", "lives", "here"]
+    features = task.featurize(examples(words, ["B-PER", "O", "O"]), tokenizer, LABEL2ID)
+    labels, owners = features[0]["labels"], subword_words(tokenizer, words)
+    pieces = [label for label, owner in zip(labels, owners) if owner == 0]
+    assert len(pieces) > 1 and pieces[0] == LABEL2ID["B-PER"] and set(pieces[1:]) == {-100}
     assert labels[0] == -100 and labels[-1] == -100  # [CLS] and [SEP]
+    assert features[0]["word_ids"][: len(pieces) + 2] == [-1, 0] + [-1] * (len(pieces) - 1) + [1]
 
 
 def test_label_all_subwords_turns_b_into_i_on_continuations(tokenizer) -> None:
     task = NER(NEROptions(label_all_subwords=True), max_length=32, stride=4)
-    features = task.featurize(examples(["Schwarzenegger", "lives"], ["B-PER", "O"]), tokenizer, LABEL2ID)
-    labels = [label for label, w in zip(features[0]["labels"], features[0]["word_ids"]) if w == 0]
-    assert labels[0] == LABEL2ID["B-PER"] and set(labels[1:]) == {LABEL2ID["I-PER"]}
+    words = ["Schwarzenegger", "lives"]
+    features = task.featurize(examples(words, ["B-PER", "O"]), tokenizer, LABEL2ID)
+    pieces = [label for label, owner in zip(features[0]["labels"], subword_words(tokenizer, words)) if owner == 0]
+    assert pieces[0] == LABEL2ID["B-PER"] and set(pieces[1:]) == {LABEL2ID["I-PER"]}
+
+
+def test_a_window_starting_inside_a_word_does_not_label_that_piece(tokenizer) -> None:
+    words = ["Schwarzenegger", "visited", "U.S.", "and", "Paris"] * 4
+    tags = ["B-PER", "O", "B-LOC", "O", "B-LOC"] * 4
+    task = NER(NEROptions(), max_length=12, stride=3)
+    features = task.featurize(examples(words, tags), tokenizer, LABEL2ID)
+    for row in range(len(features)):
+        encoded = tokenizer(
+            words,
+            is_split_into_words=True,
+            truncation=True,
+            max_length=12,
+            stride=3,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+        )
+        for position, word in enumerate(features[row]["word_ids"]):
+            if word >= 0:
+                assert encoded["offset_mapping"][row][position][0] == 0, (row, position)
+    starts_inside = [row for row in range(len(features)) if features[row]["word_ids"][1] == -1]
+    assert starts_inside, "the test needs a window that begins inside a word"
 
 
 def test_long_inputs_become_overlapping_windows_and_no_word_is_dropped(tokenizer) -> None:

@@ -8,11 +8,13 @@ resume and `load` treat them exactly like transformers.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import datasets
 import transformers
+from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedModel
 
 from nlptasks import catalog
@@ -52,10 +54,27 @@ def load(model_dir: Path, task: Task) -> tuple[PreTrainedModel, Any]:
 
 def load_tokenizer(location: str, family: str) -> Any:
     """A tokenizer ready for word-split input and batching: decoders get a prefix space and a pad token."""
+    tokenizer = AutoTokenizer.from_pretrained(location)
     if family == "decoder":
-        tokenizer = AutoTokenizer.from_pretrained(location, add_prefix_space=True)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(location)
+        _add_prefix_space(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _add_prefix_space(tokenizer: Any) -> None:
+    """Byte-level BPE words as the model saw them mid-sentence (`ĠParis`, not `Paris`).
+
+    Word-split input (NER) encodes each word alone; without the prefix space every word looks
+    sentence-initial. `add_prefix_space=True` as a loading argument does not reach a tokenizer
+    built from GGUF or tokenizer.json in transformers 5, so the pre-tokenizer is set directly
+    (and saved with the run's tokenizer).
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.pre_tokenizer is None:
+        return
+    state = json.loads(backend.to_str())["pre_tokenizer"]
+    if state.get("type") == "ByteLevel" and not state.get("add_prefix_space"):
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(
+            add_prefix_space=True, trim_offsets=state.get("trim_offsets", True), use_regex=state.get("use_regex", True)
+        )

@@ -65,14 +65,17 @@ class NER(Task):
                 max_length=self.max_length,
                 stride=self.stride,
                 return_overflowing_tokens=True,
+                return_offsets_mapping=True,
             )
             windows = encoded.pop("overflow_to_sample_mapping")
+            offsets = encoded.pop("offset_mapping")
+            all_words = [encoded.word_ids(i) for i in range(len(windows))]
             encoded["example_index"] = [indices[row] for row in windows]
-            encoded["word_ids"] = [[-1 if w is None else w for w in encoded.word_ids(i)] for i in range(len(windows))]
+            encoded["word_ids"] = [_first_subwords(words, spans) for words, spans in zip(all_words, offsets)]
             if "ner_tags" in batch:
                 encoded["labels"] = [
-                    self._align(word_ids, batch["ner_tags"][row], label2id)
-                    for word_ids, row in zip(encoded["word_ids"], windows)
+                    self._align(words, firsts, batch["ner_tags"][row], label2id)
+                    for words, firsts, row in zip(all_words, encoded["word_ids"], windows)
                 ]
             return dict(encoded)
 
@@ -80,19 +83,18 @@ class NER(Task):
             encode, batched=True, with_indices=True, remove_columns=examples.column_names, desc="Tokenizing"
         )
 
-    def _align(self, word_ids: list[int], tags: list[str], label2id: dict[str, int]) -> list[int]:
-        """Label each word's first subword in the window; continuations get -100 (or I- tags)."""
-        labels, previous = [], -1
-        for word in word_ids:
-            if word < 0:
-                labels.append(-100)
-            elif word != previous:
-                labels.append(label2id[tags[word]])
-            elif self.options.label_all_subwords:
+    def _align(
+        self, words: list[int | None], firsts: list[int], tags: list[str], label2id: dict[str, int]
+    ) -> list[int]:
+        """Label each word's first subword; other subwords get -100 (or I- tags with label_all_subwords)."""
+        labels = []
+        for word, first in zip(words, firsts):
+            if first >= 0:
+                labels.append(label2id[tags[first]])
+            elif word is not None and self.options.label_all_subwords:
                 labels.append(label2id[_inside(tags[word])])
             else:
                 labels.append(-100)
-            previous = word
         return labels
 
     def pad_values(self, tokenizer: Any) -> dict[str, int]:
@@ -101,15 +103,16 @@ class NER(Task):
     def decode(
         self, examples: datasets.Dataset, features: datasets.Dataset, logits: np.ndarray, id2label: dict[int, str]
     ) -> list[list[str]]:
-        """Average each word's first-subword probabilities over the windows holding it, then argmax."""
+        """Average each word's first-subword probabilities over the windows holding it, then argmax.
+
+        `word_ids` of a feature holds the word index at first subwords only (-1 elsewhere).
+        """
         probs = _softmax(logits)
         sums = [np.zeros((len(tokens), probs.shape[-1])) for tokens in examples["tokens"]]
         for row, (example, word_ids) in enumerate(zip(features["example_index"], features["word_ids"])):
-            previous = -1
             for position, word in enumerate(word_ids):
-                if word >= 0 and word != previous:
+                if word >= 0:
                     sums[example][word] += probs[row, position]
-                previous = word
         return [
             _repair_iob([id2label[int(i)] if s.any() else "O" for i, s in zip(scores.argmax(-1), scores)])
             for scores in sums
@@ -160,6 +163,19 @@ def _tag_name(tag: Any, label_names: list[str] | None, position: int) -> str:
     if not isinstance(tag, str) or not TAG.match(tag):
         raise ValueError(f"field 'ner_tags': tag {tag!r} at position {position} is not IOB2 (O, B-TYPE, I-TYPE)")
     return tag
+
+
+def _first_subwords(words: list[int | None], spans: list[tuple[int, int]]) -> list[int]:
+    """The word index at each word's first subword, -1 elsewhere.
+
+    A first subword starts a new word at character 0 of it: a window that begins inside a word
+    (its first word-piece in the previous window) must not label or score that piece as the word.
+    """
+    firsts, previous = [], None
+    for word, (start, _) in zip(words, spans):
+        firsts.append(word if word is not None and word != previous and start == 0 else -1)
+        previous = word
+    return firsts
 
 
 def _inside(tag: str) -> str:
