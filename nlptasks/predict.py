@@ -1,7 +1,7 @@
 """Prediction from a run directory: raw text in, JSON-ready answers out, in bounded memory.
 
 Inputs stream through in chunks, so `predict` on a million lines holds one chunk at a time.
-Within a chunk, features are sorted by length before batching so padding stays small.
+Within a chunk, features are batched shortest first so padding stays small.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from nlptasks.errors import UserInputError
 from nlptasks.recipe import Recipe, load_recipe
 from nlptasks.rundir import RunDir
 from nlptasks.tasks import task_for
+from nlptasks.tasks.base import sorted_by_length
 
 
 class Predictor:
@@ -59,23 +60,19 @@ class Predictor:
             yield self.task.present(example, prediction)
 
     def _decode(self, examples: datasets.Dataset) -> list[Any]:
-        features = self.task.featurize(examples, self.tokenizer, self.label2id)
+        features = sorted_by_length(self.task.featurize(examples, self.tokenizer, self.label2id))
         return self.task.decode(examples, features, self.logits(features), self.id2label)
 
     @torch.inference_mode()
     def logits(self, features: datasets.Dataset) -> np.ndarray:
-        """Logits for every feature in dataset order, padded to a common length for token tasks."""
+        """Logits for every feature in order, padded to a common length for token tasks."""
         columns = [c for c in features.column_names if c in self._inputs and c != "labels"]
         rows = features.select_columns(columns)
-        order = np.argsort([len(ids) for ids in rows["input_ids"]], kind="stable")
         pad_values = self.task.pad_values(self.tokenizer)
-        outputs: list[np.ndarray] = [np.empty(0)] * len(order)
-        for start in range(0, len(order), self.batch_size):
-            batch_indices = order[start : start + self.batch_size]
-            batch = pad_batch([rows[int(i)] for i in batch_indices], pad_values)
-            logits = self.model(**batch).logits.float().numpy()
-            for i, row_logits in zip(batch_indices, logits):
-                outputs[int(i)] = row_logits
+        outputs: list[np.ndarray] = []
+        for start in range(0, len(rows), self.batch_size):
+            batch = pad_batch(list(rows.select(range(start, min(start + self.batch_size, len(rows))))), pad_values)
+            outputs.extend(self.model(**batch).logits.float().numpy())
         return _stack_padded(outputs)
 
 

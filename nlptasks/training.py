@@ -30,7 +30,7 @@ from nlptasks.data import load_splits, pad_batch
 from nlptasks.recipe import Recipe, dump_recipe
 from nlptasks.rundir import RunDir, write_atomic
 from nlptasks.tasks import task_for
-from nlptasks.tasks.base import Task, lengths_of
+from nlptasks.tasks.base import Task, lengths_of, sorted_by_length
 
 log = logging.getLogger("nlptasks")
 
@@ -103,6 +103,7 @@ def run(recipe: Recipe) -> RunResult:
     label2id = {label: i for i, label in enumerate(labels)}
     with args.main_process_first(desc="tokenization"):
         features = {name: task.featurize(split, tokenizer, label2id) for name, split in splits.items()}
+    features.update({name: sorted_by_length(split) for name, split in features.items() if name != "train"})
 
     trainer = LengthGroupedTrainer(
         model=model,

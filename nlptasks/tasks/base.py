@@ -61,7 +61,11 @@ class Task(ABC):
     def decode(
         self, examples: datasets.Dataset, features: datasets.Dataset, logits: np.ndarray, id2label: dict[int, str]
     ) -> list[Any]:
-        """One prediction per example from the logits of its features."""
+        """One prediction per example from the logits of its features, in any feature order.
+
+        Features map to examples through `example_index` only, so evaluation can batch them
+        sorted by length.
+        """
 
     @abstractmethod
     def score(self, examples: datasets.Dataset, predictions: list[Any]) -> dict[str, float]:
@@ -79,3 +83,13 @@ class Task(ABC):
 def lengths_of(features: datasets.Dataset) -> list[int]:
     """Token counts per feature, for length-grouped batching."""
     return [len(ids) for ids in features["input_ids"]]
+
+
+def sorted_by_length(features: datasets.Dataset) -> datasets.Dataset:
+    """The features shortest first (an index mapping, no copy): evaluation batches pad little."""
+    return features.select(np.argsort(lengths_of(features), kind="stable"))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)

@@ -12,7 +12,7 @@ import datasets
 import numpy as np
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-from nlptasks.tasks.base import Task
+from nlptasks.tasks.base import Task, softmax
 
 
 class Classification(Task):
@@ -61,9 +61,11 @@ class Classification(Task):
     def decode(
         self, examples: datasets.Dataset, features: datasets.Dataset, logits: np.ndarray, id2label: dict[int, str]
     ) -> list[dict[str, Any]]:
-        shifted = np.exp(logits - logits.max(-1, keepdims=True))
-        probs = shifted / shifted.sum(-1, keepdims=True)
-        return [{"label": id2label[int(i)], "score": float(p[i])} for i, p in zip(probs.argmax(-1), probs)]
+        predictions: list[dict[str, Any]] = [{}] * len(examples)
+        for example, probs in zip(features["example_index"], softmax(logits)):
+            best = int(probs.argmax())
+            predictions[example] = {"label": id2label[best], "score": float(probs[best])}
+        return predictions
 
     def score(self, examples: datasets.Dataset, predictions: list[dict[str, Any]]) -> dict[str, float]:
         gold = examples["label"]

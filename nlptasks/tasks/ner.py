@@ -16,7 +16,7 @@ from seqeval.metrics import classification_report
 from seqeval.scheme import IOB2
 
 from nlptasks.recipe import Section
-from nlptasks.tasks.base import Task
+from nlptasks.tasks.base import Task, softmax
 
 TAG = re.compile(r"^(O|[BI]-\S+)$")
 WORD = re.compile(r"\w+(?:[-'.]\w+)*|[^\w\s]")
@@ -107,7 +107,7 @@ class NER(Task):
 
         `word_ids` of a feature holds the word index at first subwords only (-1 elsewhere).
         """
-        probs = _softmax(logits)
+        probs = softmax(logits)
         sums = [np.zeros((len(tokens), probs.shape[-1])) for tokens in examples["tokens"]]
         for row, (example, word_ids) in enumerate(zip(features["example_index"], features["word_ids"])):
             for position, word in enumerate(word_ids):
@@ -180,11 +180,6 @@ def _first_subwords(words: list[int | None], spans: list[tuple[int, int]]) -> li
 
 def _inside(tag: str) -> str:
     return "I-" + tag[2:] if tag.startswith("B-") else tag
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(-1, keepdims=True))
-    return shifted / shifted.sum(-1, keepdims=True)
 
 
 def _repair_iob(tags: list[str]) -> list[str]:
