@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nlptasks.errors import RecipeError, did_you_mean
 
@@ -80,6 +80,14 @@ class TrainConfig(Section):
     resume: bool = True
     """Continue from the last checkpoint in the run directory when one exists."""
     num_workers: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.eval_strategy == "steps" and self.eval_steps is None:
+            raise ValueError("eval_strategy 'steps' needs eval_steps (e.g. train.eval_steps=500)")
+        if self.early_stopping_patience and self.eval_strategy == "no":
+            raise ValueError("early_stopping_patience needs evaluation: set eval_strategy to 'epoch' or 'steps'")
+        return self
 
 
 class EvalConfig(Section):

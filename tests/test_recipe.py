@@ -117,3 +117,10 @@ def test_cli_lists_recipes_with_descriptions(capsys: pytest.CaptureFixture[str])
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out
     assert "ner/minilm" in out and "CoNLL-2003" in out and "_base" not in out
+
+
+def test_settings_that_only_fail_mid_training_fail_at_load() -> None:
+    with pytest.raises(RecipeError, match="early_stopping_patience needs evaluation"):
+        load_recipe("ner/minilm", {"train.early_stopping_patience": 2, "train.eval_strategy": "no"})
+    with pytest.raises(RecipeError, match="needs eval_steps"):
+        load_recipe("ner/minilm", {"train.eval_strategy": "steps"})
