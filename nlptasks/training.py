@@ -27,6 +27,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from nlptasks import catalog, models
 from nlptasks.data import load_splits, pad_batch
+from nlptasks.errors import DataError
 from nlptasks.recipe import Recipe, dump_recipe
 from nlptasks.rundir import RunDir, write_atomic
 from nlptasks.tasks import task_for
@@ -98,7 +99,7 @@ def run(recipe: Recipe) -> RunResult:
 
     with args.main_process_first(desc="data"):
         splits = load_splits(recipe.data, task)
-    labels = task.label_list(splits["train"])
+    labels = _labels(task, splits)
     model, tokenizer = models.build(recipe.model, recipe.model_args, task, labels, splits["train"])
     label2id = {label: i for i, label in enumerate(labels)}
     with args.main_process_first(desc="tokenization"):
@@ -134,6 +135,16 @@ def run(recipe: Recipe) -> RunResult:
         run_dir.write_metrics(metrics)
         write_atomic(run_dir.summary, summary(recipe, metrics, model))
     return RunResult(run_dir.root, metrics, recipe)
+
+
+def _labels(task: Task, splits: datasets.DatasetDict) -> list[str]:
+    """The training split's labels; a label only other splits have is an error, not a crash mid-run."""
+    labels = task.label_list(splits["train"])
+    for name, split in splits.items():
+        unseen = sorted(set(task.label_list(split)) - set(labels))
+        if unseen:
+            raise DataError(f"data: the {name} split has labels the train split never has: {unseen}")
+    return labels
 
 
 def evaluate_split(

@@ -124,3 +124,12 @@ def test_classification_runs_and_predicts(tiny_bert: Path, tmp_path: Path) -> No
     assert result.metrics["validation"]["accuracy"] == 1.0
     [shown] = nlptasks.load(result.run_dir).predict("great and fine")
     assert shown["label"] == "pos" and 0.5 < shown["score"] <= 1.0
+
+
+def test_a_label_only_the_test_split_has_is_reported_before_training(tiny_bert: Path, ner_recipe, ner_files) -> None:
+    with ner_files["test"].open("a") as handle:
+        handle.write(json.dumps({"tokens": ["Mars"], "ner_tags": ["B-PLANET"]}) + "\n")
+    with pytest.raises(
+        nlptasks.DataError, match=r"test split has labels the train split never has: \['B-PLANET', 'I-PLANET'\]"
+    ):
+        nlptasks.run(ner_recipe(tiny_bert))
