@@ -15,9 +15,9 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -30,8 +30,14 @@ def plain_trainer(args: argparse.Namespace) -> dict[str, float]:
     import datasets
     import numpy as np
     from seqeval.metrics import f1_score
-    from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
-                              Trainer, TrainingArguments, set_seed)
+    from transformers import (
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
     from nlptasks import catalog
 
@@ -60,12 +66,26 @@ def plain_trainer(args: argparse.Namespace) -> dict[str, float]:
         location, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id
     )
     training_args = TrainingArguments(
-        output_dir=str(args.workdir / "plain"), num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=128, learning_rate=args.learning_rate, seed=args.seed, bf16=args.bf16,
-        use_cpu=True, eval_strategy="no", save_strategy="no", report_to="none", logging_steps=100,
+        output_dir=str(args.workdir / "plain"),
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=128,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        bf16=args.bf16,
+        use_cpu=True,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        logging_steps=100,
     )
-    trainer = Trainer(model=model, args=training_args, train_dataset=tokenized["train"],
-                      data_collator=DataCollatorForTokenClassification(tokenizer), processing_class=tokenizer)
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=tokenized["train"],
+        data_collator=DataCollatorForTokenClassification(tokenizer),
+        processing_class=tokenizer,
+    )
     train = trainer.train().metrics
     output = trainer.predict(tokenized["test"])
     predicted = np.argmax(output.predictions, axis=-1)
@@ -74,57 +94,96 @@ def plain_trainer(args: argparse.Namespace) -> dict[str, float]:
         keep = l_row != -100
         gold_tags.append([labels[i] for i in l_row[keep]])
         predicted_tags.append([labels[i] for i in p_row[keep]])
-    return {"train_samples_per_second": train["train_samples_per_second"], "train_runtime": train["train_runtime"],
-            "test_f1": f1_score(gold_tags, predicted_tags)}
+    return {
+        "train_samples_per_second": train["train_samples_per_second"],
+        "train_runtime": train["train_runtime"],
+        "test_f1": f1_score(gold_tags, predicted_tags),
+    }
 
 
 def toolkit(args: argparse.Namespace) -> dict[str, float]:
     import nlptasks
 
-    result = nlptasks.run("ner/minilm", {
-        "model": args.model, "output_dir": str(args.workdir / "nlptasks"), "train.epochs": args.epochs,
-        "train.batch_size": args.batch_size, "train.learning_rate": args.learning_rate, "train.seed": args.seed,
-        "train.warmup_ratio": 0.0, "train.eval_strategy": "no", "train.resume": False,
-        "train.precision": "bf16" if args.bf16 else "fp32", "eval.splits": ["test"],
-    })
+    result = nlptasks.run(
+        "ner/minilm",
+        {
+            "model": args.model,
+            "output_dir": str(args.workdir / "nlptasks"),
+            "train.epochs": args.epochs,
+            "train.batch_size": args.batch_size,
+            "train.learning_rate": args.learning_rate,
+            "train.seed": args.seed,
+            "train.warmup_ratio": 0.0,
+            "train.eval_strategy": "no",
+            "train.resume": False,
+            "train.precision": "bf16" if args.bf16 else "fp32",
+            "eval.splits": ["test"],
+            "train.group_by_length": args.group_by_length,
+            "train.weight_decay": 0.0,
+        },
+    )
     train = result.metrics["train"]
-    return {"train_samples_per_second": train["train_samples_per_second"], "train_runtime": train["train_runtime"],
-            "test_f1": result.metrics["test"]["f1"]}
+    return {
+        "train_samples_per_second": train["train_samples_per_second"],
+        "train_runtime": train["train_runtime"],
+        "test_f1": result.metrics["test"]["f1"],
+    }
 
 
 SIDES = {"plain-trainer": plain_trainer, "nlptasks": toolkit}
 
 
 def measure(side: str, args: argparse.Namespace) -> dict[str, float]:
-    """Run one side in a child process; its peak RSS comes from the kernel's accounting."""
-    command = [sys.executable, __file__, "--side", side, "--epochs", str(args.epochs), "--batch-size",
-               str(args.batch_size), "--learning-rate", str(args.learning_rate), "--seed", str(args.seed),
-               "--model", args.model, "--workdir", str(args.workdir)] + ([] if args.bf16 else ["--fp32"])
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
-    if done.returncode != 0:
-        raise SystemExit(f"{side} failed:\n{done.stderr[-4000:]}")
-    metrics = json.loads(done.stdout.strip().splitlines()[-1])
-    metrics["peak_rss_gb"] = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 2**20
+    """Run one side in a child process; its own peak RSS comes from the kernel (wait4), not a running max."""
+    command = [
+        sys.executable,
+        __file__,
+        "--side",
+        side,
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--learning-rate",
+        str(args.learning_rate),
+        "--seed",
+        str(args.seed),
+        "--model",
+        args.model,
+        "--workdir",
+        str(args.workdir),
+    ] + ([] if args.bf16 else ["--fp32"])
+    command += [] if args.group_by_length else ["--no-group-by-length"]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(command, stdout=out, stderr=err, env=os.environ.copy())
+        _, status, usage = os.wait4(child.pid, 0)
+        out.seek(0), err.seek(0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"{side} failed:\n{err.read()[-4000:]}")
+        metrics = json.loads(out.read().strip().splitlines()[-1])
+    metrics["peak_rss_gb"] = usage.ru_maxrss / 2**20
     return metrics
 
 
 def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
     ratio = results["nlptasks"]["train_samples_per_second"] / results["plain-trainer"]["train_samples_per_second"]
+    flags = ("" if args.bf16 else " --fp32") + ("" if args.group_by_length else " --no-group-by-length")
     lines = [
         f"### NER training throughput: nlptasks vs plain Trainer ({date.today()})",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU. Command: "
         f"`NLPTASKS_DATA_DIR=../shared/data .venv/bin/python benchmarks/ner_vs_trainer.py --epochs {args.epochs}"
-        f"{'' if args.bf16 else ' --fp32'} --results`. Model `{args.model}`, CoNLL-2003 train (14,041), batch "
+        f"{flags} --results`. Model `{args.model}`, CoNLL-2003 train (14,041), batch "
         f"{args.batch_size}, lr {args.learning_rate}, seed {args.seed}, {'bf16' if args.bf16 else 'fp32'}.",
         "",
         "| side | train samples/s | train s | test F1 | peak RSS GB |",
         "|---|---|---|---|---|",
     ]
     for side, m in results.items():
-        lines.append(f"| {side} | {m['train_samples_per_second']:.1f} | {m['train_runtime']:.0f} | "
-                     f"{m['test_f1']:.4f} | {m['peak_rss_gb']:.2f} |")
+        lines.append(
+            f"| {side} | {m['train_samples_per_second']:.1f} | {m['train_runtime']:.0f} | "
+            f"{m['test_f1']:.4f} | {m['peak_rss_gb']:.2f} |"
+        )
     lines += ["", f"Throughput ratio nlptasks / plain Trainer: **{ratio:.2f}×**", ""]
     return "\n".join(lines)
 
@@ -138,6 +197,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--fp32", dest="bf16", action="store_false")
+    parser.add_argument(
+        "--no-group-by-length",
+        dest="group_by_length",
+        action="store_false",
+        help="nlptasks side: random batches like the plain script (isolates that lever)",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("runs/benchmarks"))
     parser.add_argument("--results", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = parser.parse_args()
