@@ -1,5 +1,11 @@
 """nlptasks: NLP tasks as runnable recipes on the Hugging Face stack."""
 
+import logging
+
+# bitsandbytes warns on every import on AVX-512 CPUs that an optional 4-bit kernel is not
+# installed; that kernel is fetched from the Hub at run time, and its built-in CPU path is used.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
 from nlptasks.api import evaluate, load, run
 from nlptasks.errors import DataError, RecipeError, UserInputError
 from nlptasks.predict import Predictor

@@ -157,7 +157,8 @@ def load_recipe(source: str | Path | dict[str, Any], overrides: dict[str, Any] |
     try:
         return Recipe.model_validate(raw)
     except ValidationError as err:
-        raise RecipeError(_explain(err, f"{origin}: invalid recipe", Recipe)) from None
+        header = f"{origin}: invalid recipe" + (" (after the --set overrides)" if overrides else "")
+        raise RecipeError(_explain(err, header, Recipe)) from None
 
 
 def dump_recipe(recipe: Recipe) -> str:
