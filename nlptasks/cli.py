@@ -50,8 +50,12 @@ def _parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="predict for texts (--text, --file, or stdin) as JSON lines")
     predict.add_argument("run_dir")
-    predict.add_argument("--text", action="append", help="a text to predict for (repeatable)")
-    predict.add_argument("--file", help="one text per line, or JSON lines with a 'text' field")
+    predict.add_argument(
+        "--text", action="append", help="a text to predict for (repeatable); QA: a JSON object with question, context"
+    )
+    predict.add_argument(
+        "--file", help="one text per line, or JSON lines with a 'text' field (QA: 'question' and 'context')"
+    )
     predict.add_argument("--batch-size", type=int, default=64)
 
     commands.add_parser("recipes", help="list the shipped recipes")
@@ -92,9 +96,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         path = Path(args.file)
         if not path.is_file():
             raise UserInputError(f"--file: file not found: {path}")
-        texts = read_texts(path.open(encoding="utf-8"), str(path))
+        texts = read_texts(path.open(encoding="utf-8"), str(path), predictor.task.input_fields)
     else:
-        texts = read_texts(sys.stdin, "<stdin>")
+        texts = read_texts(sys.stdin, "<stdin>", predictor.task.input_fields)
     for prediction in predictor.stream(texts):
         print(json.dumps(prediction, ensure_ascii=False), flush=False)
     return 0

@@ -23,7 +23,7 @@ from nlptasks.errors import UserInputError
 from nlptasks.recipe import Recipe, load_recipe
 from nlptasks.rundir import RunDir
 from nlptasks.tasks import task_for
-from nlptasks.tasks.base import sorted_by_length
+from nlptasks.tasks.base import json_input, sorted_by_length
 
 
 class Predictor:
@@ -41,11 +41,15 @@ class Predictor:
         self.chunk_size = chunk_size
         self._inputs = set(inspect.signature(self.model.forward).parameters)
 
-    def predict(self, texts: str | Iterable[str]) -> list[dict[str, Any]]:
-        """Predictions for one text or many, in input order."""
-        return list(self.stream([texts] if isinstance(texts, str) else texts))
+    def predict(self, texts: str | dict[str, str] | Iterable[str | dict[str, str]]) -> list[dict[str, Any]]:
+        """Predictions for one input or many, in input order.
 
-    def stream(self, texts: Iterable[str]) -> Iterator[dict[str, Any]]:
+        An input is a text, or for tasks with several input fields (QA) a dict or JSON object of them:
+        `{"question": ..., "context": ...}`.
+        """
+        return list(self.stream([texts] if isinstance(texts, str | dict) else texts))
+
+    def stream(self, texts: Iterable[str | dict[str, str]]) -> Iterator[dict[str, Any]]:
         iterator = iter(texts)
         while chunk := list(itertools.islice(iterator, self.chunk_size)):
             examples = self.task.examples_from_texts(chunk)
@@ -64,35 +68,51 @@ class Predictor:
         return self.task.decode(examples, features, self.logits(features), self.id2label)
 
     @torch.inference_mode()
-    def logits(self, features: datasets.Dataset) -> np.ndarray:
-        """Logits for every feature in order, padded to a common length for token tasks."""
-        columns = [c for c in features.column_names if c in self._inputs and c != "labels"]
+    def logits(self, features: datasets.Dataset) -> np.ndarray | tuple[np.ndarray, ...]:
+        """The task's model outputs for every feature in order, padded to a common length for token tasks.
+
+        One output (`logits`) comes back as an array, several (QA: start and end logits) as a tuple.
+        """
+        columns = [c for c in features.column_names if c in self._inputs and c not in self.task.label_names]
         rows = features.select_columns(columns)
         pad_values = self.task.pad_values(self.tokenizer)
-        outputs: list[np.ndarray] = []
+        outputs: dict[str, list[np.ndarray]] = {name: [] for name in self.task.output_names}
         for start in range(0, len(rows), self.batch_size):
             batch = pad_batch(list(rows.select(range(start, min(start + self.batch_size, len(rows))))), pad_values)
-            outputs.extend(self.model(**batch).logits.float().numpy())
-        return _stack_padded(outputs)
+            output = self.model(**batch)
+            for name, kept in outputs.items():
+                kept.extend(output[name].float().numpy())
+        stacked = [_stack_padded(kept) for kept in outputs.values()]
+        return stacked[0] if len(stacked) == 1 else tuple(stacked)
 
 
 def _stack_padded(arrays: list[np.ndarray]) -> np.ndarray:
-    if arrays[0].ndim == 1:
-        return np.stack(arrays)
+    """Per-feature outputs as one array, zero-padded along the token axis where lengths differ."""
     length = max(a.shape[0] for a in arrays)
-    stacked = np.zeros((len(arrays), length, arrays[0].shape[-1]), dtype=np.float32)
+    stacked = np.zeros((len(arrays), length, *arrays[0].shape[1:]), dtype=np.float32)
     for i, array in enumerate(arrays):
         stacked[i, : array.shape[0]] = array
     return stacked
 
 
-def read_texts(lines: Iterable[str], source: str) -> Iterator[str]:
-    """Texts from lines: a JSON object with a `text` field, or the line itself."""
+def read_texts(
+    lines: Iterable[str], source: str, fields: tuple[str, ...] = ("text",)
+) -> Iterator[str | dict[str, str]]:
+    """Inputs from lines: a JSON object with a `text` field, or the line itself.
+
+    A task with several input `fields` (QA: question and context) takes one JSON object per line,
+    checked here so a bad one is reported by its line before any prediction.
+    """
     for number, line in enumerate(lines, 1):
         line = line.rstrip("\n")
         if not line.strip():
             continue
-        if line.lstrip().startswith("{"):
+        if len(fields) > 1:
+            try:
+                yield json_input(line, fields)
+            except ValueError as err:
+                raise UserInputError(f"{source}:{number}: {err}") from None
+        elif line.lstrip().startswith("{"):
             try:
                 yield json.loads(line)["text"]
             except (json.JSONDecodeError, KeyError, TypeError):

@@ -157,7 +157,7 @@ def evaluate_split(
 ) -> dict[str, float]:
     """Score one split through the task's decoding; write its predictions when a run dir is given."""
     started = time.perf_counter()
-    logits = _first(trainer.predict(features).predictions)
+    logits = _first(trainer.predict(features).predictions, len(task.output_names))
     predictions = task.decode(examples, features, logits, trainer.model.config.id2label)
     metrics = task.score(examples, predictions)
     metrics["samples_per_second"] = len(examples) / (time.perf_counter() - started)
@@ -197,7 +197,7 @@ def training_arguments(recipe: Recipe, run_dir: RunDir, task: Task) -> TrainingA
         logging_steps=train.logging_steps,
         report_to="none",
         dataloader_num_workers=train.num_workers,
-        label_names=["labels"],
+        label_names=list(task.label_names),
     )
 
 
@@ -222,14 +222,21 @@ def _metric_function(
     task: Task, examples: datasets.Dataset, features: datasets.Dataset, id2label: dict[int, str]
 ) -> Any:
     def compute(prediction: Any) -> dict[str, float]:
-        return task.score(examples, task.decode(examples, features, _first(prediction.predictions), id2label))
+        logits = _first(prediction.predictions, len(task.output_names))
+        return task.score(examples, task.decode(examples, features, logits, id2label))
 
     return compute
 
 
-def _first(predictions: Any) -> np.ndarray:
-    """Logits, when a model also returns hidden states or other extras."""
-    return predictions[0] if isinstance(predictions, tuple) else predictions
+def _first(predictions: Any, count: int = 1) -> np.ndarray | tuple[np.ndarray, ...]:
+    """Logits, when a model also returns hidden states or other extras.
+
+    The Trainer gives a model's outputs (loss dropped) as a tuple in output order; a task that
+    reads several outputs (QA: start and end logits) gets the first `count` as a tuple.
+    """
+    if not isinstance(predictions, tuple):
+        return predictions
+    return predictions[0] if count == 1 else predictions[:count]
 
 
 def _callbacks(recipe: Recipe, run_dir: RunDir, args: TrainingArguments) -> list[TrainerCallback]:

@@ -248,9 +248,9 @@ def test_bad_model_args_and_tasks_without_a_recurrent_head_are_recipe_errors() -
         build(task, "lstm", {"crf": "yes-please"}, LABELS, data)
     with pytest.raises(RecipeError, match=r"model_args\.pooling"):
         build(task, "lstm", {"pooling": "sum"}, LABELS, data)
-    qa = SimpleNamespace(name="qa", auto_model="AutoModelForQuestionAnswering", input_column="question")
+    translation = SimpleNamespace(name="translation", auto_model="AutoModelForSeq2SeqLM", input_column="source")
     with pytest.raises(RecipeError, match="no recurrent head"):
-        build(qa, "lstm", {}, LABELS, data)
+        build(translation, "lstm", {}, LABELS, data)
     classification = Classification(None, max_length=16, stride=0)
     with pytest.raises(RecipeError, match=r"model_args\.crf"):
         build(classification, "gru", {"crf": True}, ["a", "b"], datasets.Dataset.from_dict({"text": ["x"]}))

@@ -9,6 +9,7 @@ resume and `load` treat them exactly like transformers.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,26 @@ def build(
         return recurrent.build(task, catalog.RECURRENT_MODELS[ref.name], model_args, labels, train_examples)
     tokenizer = load_tokenizer(ref.location, ref.family)
     auto_class = getattr(transformers, task.auto_model)
-    model = auto_class.from_pretrained(
-        ref.location,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-        **model_args,
-    )
+    head: dict[str, Any] = {}  # tasks without class labels (QA) keep the head's own output size
+    if labels:
+        label2id = {label: i for i, label in enumerate(labels)}
+        head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": label2id}
+    model, loading = auto_class.from_pretrained(ref.location, output_loading_info=True, **head, **model_args)
+    _restore_backbone(model, ref.location, loading["missing_keys"])
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def _restore_backbone(model: PreTrainedModel, location: str, missing: Iterable[str]) -> None:
+    """Load pretrained backbone weights that the checkpoint stores under another prefix than the head class.
+
+    `LlamaForQuestionAnswering` keeps its backbone as `transformer.` while causal-LM checkpoints
+    store `model.`, so `from_pretrained` silently leaves it random (transformers#30381).
+    """
+    prefix = f"{model.base_model_prefix}."
+    if any(key.startswith(prefix) for key in missing):
+        backbone = transformers.AutoModel.from_pretrained(location)
+        model.base_model.load_state_dict(backbone.state_dict())
 
 
 def load(model_dir: Path, task: Task) -> tuple[PreTrainedModel, Any]:

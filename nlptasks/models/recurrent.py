@@ -20,6 +20,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torchcrf import CRF
 from transformers import (
     AutoConfig,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
@@ -29,7 +30,11 @@ from transformers import (
     TokenizersBackend,
 )
 from transformers import initialization as init
-from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
+from transformers.modeling_outputs import (
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
 
 from nlptasks.catalog import RECURRENT_MODEL_TYPE
 from nlptasks.errors import RecipeError
@@ -127,20 +132,29 @@ class BiRNNTokenizer(TokenizersBackend):
         return self.init_kwargs["char_vocab"]
 
     def _encode_plus(self, text: Any, text_pair: Any = None, **kwargs: Any) -> BatchEncoding:
-        """The backend's encoding plus `char_ids` (and `word_starts` for word-split input) per token."""
+        """The backend's encoding plus `char_ids` (and `word_starts` for word-split input) per token.
+
+        A pair (question, context) also gets `token_type_ids`: 1 on the second sequence's tokens.
+        """
         if text_pair is not None:
-            raise ValueError("BiRNNTokenizer encodes single sequences, not pairs")
+            kwargs["return_token_type_ids"] = True
         split = kwargs.get("is_split_into_words", False)
         return_tensors = kwargs.pop("return_tensors", None)
-        encoded = super()._encode_plus(text, return_tensors=None, **kwargs)
+        encoded = super()._encode_plus(text, text_pair, return_tensors=None, **kwargs)
         batched = isinstance(text, (list, tuple)) and bool(text) and (not split or isinstance(text[0], (list, tuple)))
         unbatch = not batched and not kwargs.get("return_overflowing_tokens")  # as the backend returned it
         inputs = text if batched else [text]
+        sources = [inputs] if text_pair is None else [inputs, text_pair if batched else [text_pair]]
         samples = encoded.get("overflow_to_sample_mapping") or range(len(encoded.encodings))
         char_ids, word_starts = [], []
         for encoding, sample in zip(encoded.encodings, samples):  # one per window, each mapped to its input
             words = encoding.word_ids
-            char_ids.append([self._chars(inputs[sample], w, span) for w, span in zip(words, encoding.offsets)])
+            char_ids.append(
+                [
+                    self._chars(sources[part or 0][sample], w, span)
+                    for w, part, span in zip(words, encoding.sequence_ids, encoding.offsets)
+                ]
+            )
             word_starts.append([int(w is not None and w != p) for w, p in zip(words, [None, *words])])
         encoded["char_ids"] = char_ids[0] if unbatch else char_ids
         if split:
@@ -316,6 +330,97 @@ class BiRNNForSequenceClassification(BiRNNPreTrainedModel):
         return (scores.softmax(1) * states).sum(1)
 
 
+class BiRNNForQuestionAnswering(BiRNNPreTrainedModel):
+    """A BiLSTM reader (BiDAF-lite with DrQA's exact-match feature) over (question, context) pairs.
+
+    Question and context run separately through the shared word + char encoder; each context
+    token attends over the question states (bilinear scores); [state; attended; product;
+    exact-match flag] runs through a second BiRNN, and two linear pointers score every context
+    token as the answer's start and end (-1e4 elsewhere). Position 0 (the first question token,
+    never an answer) carries a learned no-answer score from the max-pooled context, so windows
+    without the answer train towards it as transformer heads train towards [CLS], and the QA
+    task's decoding (n-best spans, SQuAD v2 threshold) applies unchanged. `token_type_ids`
+    (1 on context tokens) come from `BiRNNTokenizer` for pairs.
+    """
+
+    def __init__(self, config: BiRNNConfig) -> None:
+        super().__init__(config)
+        opts = config.recurrent
+        width = 2 * opts.hidden_size
+        self.encoder = BiRNNEncoder(config)
+        self.attention = nn.Linear(width, width, bias=False)
+        rnn_class = type(self.encoder.rnn)  # the recipe's cell (LSTM or GRU) for the modelling layer too
+        self.modeling = rnn_class(3 * width + 1, opts.hidden_size, batch_first=True, bidirectional=True)
+        self.pointers = nn.Linear(width, 2)
+        self.no_answer = nn.Linear(width, 2)
+        self.dropout = nn.Dropout(opts.dropout)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        char_ids: torch.Tensor | None = None,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> QuestionAnsweringModelOutput:
+        if token_type_ids is None:
+            raise ValueError("the reader needs `token_type_ids` (1 on context tokens): encode question-context pairs")
+        present = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        question, question_ids, question_mask, _ = self._encode(input_ids, char_ids, present & (token_type_ids == 0))
+        context, context_ids, context_mask, order = self._encode(input_ids, char_ids, present & (token_type_ids == 1))
+        scores = self.attention(context) @ question.transpose(1, 2)  # (batch, context, question)
+        attended = scores.masked_fill(~question_mask.unsqueeze(1), float("-inf")).softmax(-1) @ question
+        exact = ((context_ids.unsqueeze(2) == question_ids.unsqueeze(1)) & question_mask.unsqueeze(1)).any(-1)
+        exact = (exact & (context_ids > 1)).unsqueeze(-1).to(context.dtype)  # [PAD] and [UNK] match nothing
+        merged = torch.cat([context, attended, context * attended, exact], -1)
+        modeled = self.dropout(_packed(self.modeling, merged, context_mask))  # (batch, context, 2 * hidden)
+        scores = _at_positions(self.pointers(modeled), context_mask, order, input_ids.shape[1])
+        pooled = modeled.masked_fill(~context_mask.unsqueeze(-1), float("-inf")).amax(1)
+        scores = torch.cat([self.no_answer(pooled).unsqueeze(1), scores[:, 1:]], 1)
+        start_logits, end_logits = scores.float().unbind(-1)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = (
+                nn.functional.cross_entropy(start_logits, start_positions)
+                + nn.functional.cross_entropy(end_logits, end_positions)
+            ) / 2
+        return QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits)
+
+    def _encode(
+        self, input_ids: torch.Tensor, char_ids: torch.Tensor | None, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One part (question or context) moved to the left of each row and encoded.
+
+        Returns its states, token ids and mask (batch, part length), and the original position of
+        each of its tokens.
+        """
+        counts = mask.sum(1, keepdim=True)
+        length = int(counts.max().clamp(min=1))
+        order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices[:, :length]
+        part_mask = torch.arange(length, device=mask.device) < counts
+        ids = input_ids.gather(1, order)
+        chars = None if char_ids is None else char_ids.gather(1, order.unsqueeze(-1).expand(-1, -1, char_ids.shape[-1]))
+        states, _ = self.encoder(ids, part_mask, chars)
+        return states, ids, part_mask, order
+
+
+def _packed(rnn: nn.RNNBase, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`rnn` states for right-padded rows; padding never enters the RNN."""
+    lengths = mask.sum(1).clamp(min=1).cpu()
+    states, _ = rnn(pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False))
+    return pad_packed_sequence(states, batch_first=True, total_length=inputs.shape[1])[0]
+
+
+def _at_positions(scores: torch.Tensor, mask: torch.Tensor, order: torch.Tensor, length: int) -> torch.Tensor:
+    """A part's token scores (batch, part, k) put back at their positions (batch, length, k); NOT_CHOSEN elsewhere."""
+    kept = scores.masked_fill(~mask.unsqueeze(-1), NOT_CHOSEN)
+    placed = kept.new_full((kept.shape[0], length, kept.shape[-1]), NOT_CHOSEN)
+    return placed.scatter(1, order.unsqueeze(-1).expand_as(kept), kept)
+
+
 def _as_tensors(encoded: BatchEncoding, unbatch: bool, tensor_type: str) -> BatchEncoding:
     """A batch of tensors, `char_ids` padded to the longest word (`input_ids` must be padded by the caller)."""
     data = {key: [value] if unbatch else value for key, value in encoded.items()}
@@ -341,6 +446,7 @@ def _compacted(
 HEADS: dict[str, type[BiRNNPreTrainedModel]] = {
     "AutoModelForTokenClassification": BiRNNForTokenClassification,
     "AutoModelForSequenceClassification": BiRNNForSequenceClassification,
+    "AutoModelForQuestionAnswering": BiRNNForQuestionAnswering,
 }
 
 
@@ -351,11 +457,14 @@ def build(
     options = validate_section(RecurrentOptions, model_args, "model_args")
     head = HEADS.get(task.auto_model)
     if head is None:
-        raise RecipeError(f"task '{task.name}' has no recurrent head; recurrent models support ner and classification")
+        raise RecipeError(f"task '{task.name}' has no recurrent head; recurrent models support {', '.join(HEADS)}")
     if options.crf and head is not BiRNNForTokenClassification:
         raise RecipeError(f"model_args.crf: a CRF tags tokens; task '{task.name}' classifies whole inputs")
     words_or_texts = (
-        s for item in train_examples[task.input_column] for s in (item if isinstance(item, list) else [item])
+        s
+        for column in task.text_columns()
+        for item in train_examples[column]
+        for s in (item if isinstance(item, list) else [item])
     )
     tokenizer = BiRNNTokenizer.train(words_or_texts, options)
     config = BiRNNConfig(
@@ -374,4 +483,5 @@ def build(
 AutoConfig.register(BiRNNConfig.model_type, BiRNNConfig, exist_ok=True)
 AutoModelForTokenClassification.register(BiRNNConfig, BiRNNForTokenClassification, exist_ok=True)
 AutoModelForSequenceClassification.register(BiRNNConfig, BiRNNForSequenceClassification, exist_ok=True)
+AutoModelForQuestionAnswering.register(BiRNNConfig, BiRNNForQuestionAnswering, exist_ok=True)
 AutoTokenizer.register(BiRNNConfig, tokenizer_class=BiRNNTokenizer, exist_ok=True)

@@ -6,8 +6,9 @@ from nlptasks.recipe import Recipe, validate_section
 from nlptasks.tasks.base import Task
 from nlptasks.tasks.classification import Classification
 from nlptasks.tasks.ner import NER
+from nlptasks.tasks.qa import QuestionAnswering
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (NER, Classification)}
+TASKS: dict[str, type[Task]] = {task.name: task for task in (NER, Classification, QuestionAnswering)}
 
 
 def task_for(recipe: Recipe) -> Task:

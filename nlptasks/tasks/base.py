@@ -7,6 +7,7 @@ prediction on raw text is scored exactly as a validation example is.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -29,6 +30,12 @@ class Task(ABC):
     auto_model: ClassVar[str]
     """The `transformers` Auto class that gives any architecture this task's head."""
     Options: ClassVar[type[Section]] = NoOptions
+    label_names: ClassVar[tuple[str, ...]] = ("labels",)
+    """Feature columns holding training targets: the Trainer's `label_names`, never inputs at predict."""
+    output_names: ClassVar[tuple[str, ...]] = ("logits",)
+    """Model outputs `decode` reads: one reaches it as an array, several as a tuple in this order."""
+    input_fields: ClassVar[tuple[str, ...]] = ("text",)
+    """Fields of one raw `predict` input; with several, each input is a JSON object holding them."""
 
     def __init__(self, options: Section, max_length: int, stride: int) -> None:
         self.options = options
@@ -79,6 +86,10 @@ class Task(ABC):
     def present(self, example: dict[str, Any], prediction: Any) -> dict[str, Any]:
         """A JSON-ready prediction for one example, as `predict` prints it."""
 
+    def text_columns(self) -> tuple[str, ...]:
+        """Columns whose text a word vocabulary is built from (the recurrent baselines)."""
+        return (self.input_column,)
+
 
 def lengths_of(features: datasets.Dataset) -> list[int]:
     """Token counts per feature, for length-grouped batching."""
@@ -93,3 +104,22 @@ def sorted_by_length(features: datasets.Dataset) -> datasets.Dataset:
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(-1, keepdims=True))
     return shifted / shifted.sum(-1, keepdims=True)
+
+
+def json_input(value: str | dict[str, Any], fields: tuple[str, ...]) -> dict[str, str]:
+    """One raw input with several fields (a JSON object, or its text) as `{field: text}`.
+
+    ValueError says what is wrong; callers add where (file:line, input number).
+    """
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            value = None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object with the fields {list(fields)}")
+    for field in fields:
+        text = value.get(field)
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"field '{field}' must be a non-empty string, got {text!r}")
+    return {field: value[field] for field in fields}
