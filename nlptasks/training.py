@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -99,6 +100,9 @@ def run(recipe: Recipe) -> RunResult:
 
     with args.main_process_first(desc="data"):
         splits = load_splits(recipe.data, task)
+    untrained = task.untrained_method(recipe.model)
+    if untrained is not None:
+        return _run_untrained(recipe, task, untrained, splits, run_dir, main=args.process_index == 0)
     labels = _labels(task, splits)
     model, tokenizer = models.build(recipe.model, recipe.model_args, task, labels, splits["train"])
     label2id = {label: i for i, label in enumerate(labels)}
@@ -115,6 +119,7 @@ def run(recipe: Recipe) -> RunResult:
         compute_metrics=_metric_function(task, splits["validation"], features["validation"], model.config.id2label),
         processing_class=tokenizer,
         callbacks=_callbacks(recipe, run_dir, args),
+        compute_loss_func=task.loss_function(splits["train"], label2id),
         lengths=lengths_of(features["train"]) if recipe.train.group_by_length else None,
     )
     if trainer.is_world_process_zero():
@@ -125,6 +130,9 @@ def run(recipe: Recipe) -> RunResult:
     started = time.perf_counter()
     outcome = trainer.train(resume_from_checkpoint=resume_from)
     metrics = {"train": {**outcome.metrics, "wall_seconds": time.perf_counter() - started}}
+    trainer.compute_metrics = None  # it decodes with validation's features: `predict` on another split would misalign
+    if task.calibrates and "validation" in splits:
+        _calibrate(trainer, task, splits["validation"], features["validation"])
 
     for split in [s for s in recipe.eval.splits if s in splits]:
         metrics[split] = evaluate_split(
@@ -135,6 +143,40 @@ def run(recipe: Recipe) -> RunResult:
         run_dir.write_metrics(metrics)
         write_atomic(run_dir.summary, summary(recipe, metrics, model))
     return RunResult(run_dir.root, metrics, recipe)
+
+
+def _run_untrained(
+    recipe: Recipe,
+    task: Task,
+    method: Callable[[datasets.Dataset], list[Any]],
+    splits: datasets.DatasetDict,
+    run_dir: RunDir,
+    main: bool,
+) -> RunResult:
+    """A method with nothing to train (Lead-k, TextRank): splits scored and recorded as after training.
+
+    The run directory has no `model/`; `load` rebuilds the method from the recipe.
+    """
+    log.info("'%s' is an untrained method of %s: no model to build or train", recipe.model, task.name)
+    metrics: dict[str, dict[str, float]] = {"train": {}}
+    for split in [s for s in recipe.eval.splits if s in splits]:
+        started = time.perf_counter()
+        predictions = method(splits[split])
+        written = run_dir if main and recipe.eval.write_predictions else None
+        metrics[split] = record_split(task, splits[split], predictions, started, written, split)
+    if main:
+        write_atomic(run_dir.recipe, dump_recipe(recipe))
+        run_dir.write_metrics(metrics)
+        write_atomic(run_dir.summary, summary(recipe, metrics, None))
+    return RunResult(run_dir.root, metrics, recipe)
+
+
+def _calibrate(trainer: Trainer, task: Task, examples: datasets.Dataset, features: datasets.Dataset) -> None:
+    """Tune the task's decision settings on validation; the model config carries them to `predict`."""
+    logits = _first(trainer.predict(features).predictions)
+    task.calibrate(examples, features, logits, trainer.model.config.id2label)
+    trainer.model.config.task_calibration = task.calibration
+    log.info("calibrated on validation: %s", task.calibration)
 
 
 def _labels(task: Task, splits: datasets.DatasetDict) -> list[str]:
@@ -159,10 +201,20 @@ def evaluate_split(
     started = time.perf_counter()
     logits = _first(trainer.predict(features).predictions, len(task.output_names))
     predictions = task.decode(examples, features, logits, trainer.model.config.id2label)
+    return record_split(
+        task, examples, predictions, started, run_dir if trainer.is_world_process_zero() else None, split
+    )
+
+
+def record_split(
+    task: Task, examples: datasets.Dataset, predictions: list[Any], started: float, run_dir: RunDir | None, split: str
+) -> dict[str, float]:
+    """Metrics of one split's predictions, timed from `started`; predictions written when a run dir is given."""
     metrics = task.score(examples, predictions)
     metrics["samples_per_second"] = len(examples) / (time.perf_counter() - started)
-    if run_dir is not None and trainer.is_world_process_zero():
+    if run_dir is not None:
         run_dir.write_predictions(split, (task.present(example, p) for example, p in zip(examples, predictions)))
+        task.write_artifacts(run_dir.root, split, examples, predictions)
     return metrics
 
 
@@ -270,9 +322,9 @@ def _log_to_file(path: Path) -> None:
         logger.setLevel(logging.INFO)
 
 
-def summary(recipe: Recipe, metrics: dict[str, dict[str, float]], model: torch.nn.Module) -> str:
-    """A short Markdown page: what ran, how long it took, and the headline metrics."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+def summary(recipe: Recipe, metrics: dict[str, dict[str, float]], model: torch.nn.Module | None) -> str:
+    """A short Markdown page: what ran, how long it took, and the headline metrics (no model: an untrained method)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) if model is not None else 0
     train = metrics["train"]
     lines = [
         f"# {recipe.task} · {recipe.model} · {recipe.method}",

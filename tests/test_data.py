@@ -46,7 +46,7 @@ def test_csv_with_renamed_columns_and_integer_labels_with_names(tmp_path: Path) 
     path.write_text("review,rating\nGreat film,1\nDull,0\n")
     task = Classification(Classification.Options(), max_length=32, stride=0)
     splits = load_splits(DataConfig(test_file=path, text_column="review", label_column="rating"), task)
-    assert splits["test"]["label"] == ["good", "bad"] and splits["test"]["text"] == ["Great film", "Dull"]
+    assert splits["test"]["label"] == [["good"], ["bad"]] and splits["test"]["text"] == ["Great film", "Dull"]
 
 
 @pytest.mark.parametrize(

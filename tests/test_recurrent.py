@@ -207,8 +207,8 @@ def test_token_model_save_and_load_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize("pooling", ["max", "mean", "attention"])
 def test_sequence_classification_with_each_pooling(pooling: str, tmp_path: Path) -> None:
     texts = ["Merkel visited Paris.", "Officials met in Berlin", "Barlin!"]
-    data = datasets.Dataset.from_dict({"text": texts, "label": ["pos", "neg", "pos"]})
-    task = Classification(None, max_length=16, stride=0)
+    data = datasets.Dataset.from_dict({"text": texts, "label": [["pos"], ["neg"], ["pos"]]})
+    task = Classification(Classification.Options(), max_length=16, stride=0)
     model, tokenizer = build(task, "lstm", {**SMALL, "pooling": pooling}, ["neg", "pos"], data)
     assert type(model) is BiRNNForSequenceClassification
     features = task.featurize(data, tokenizer, {"neg": 0, "pos": 1})
@@ -251,7 +251,7 @@ def test_bad_model_args_and_tasks_without_a_recurrent_head_are_recipe_errors() -
     translation = SimpleNamespace(name="translation", auto_model="AutoModelForSeq2SeqLM", input_column="source")
     with pytest.raises(RecipeError, match="no recurrent head"):
         build(translation, "lstm", {}, LABELS, data)
-    classification = Classification(None, max_length=16, stride=0)
+    classification = Classification(Classification.Options(), max_length=16, stride=0)
     with pytest.raises(RecipeError, match=r"model_args\.crf"):
         build(classification, "gru", {"crf": True}, ["a", "b"], datasets.Dataset.from_dict({"text": ["x"]}))
 

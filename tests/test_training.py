@@ -108,25 +108,6 @@ def test_the_decoder_family_runs_through_the_same_recipe(tiny_llama: Path, ner_r
     assert len(shown["tags"]) == 5
 
 
-def test_classification_runs_and_predicts(tiny_bert: Path, tmp_path: Path) -> None:
-    rows = [{"text": "good fine great", "label": "pos"}, {"text": "bad awful poor", "label": "neg"}] * 16
-    train = tmp_path / "train.jsonl"
-    train.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    result = nlptasks.run(
-        {
-            "task": "classification",
-            "model": str(tiny_bert),
-            "output_dir": str(tmp_path / "run"),
-            "data": {"train_file": str(train), "validation_fraction": 0.25},
-            "train": {"epochs": 20, "batch_size": 8, "learning_rate": 3e-3, "precision": "fp32"},
-        }
-    )
-    assert result.metrics["validation"]["accuracy"] == 1.0
-    shown = nlptasks.load(result.run_dir).predict(["good fine great", "bad awful poor"])
-    assert [row["label"] for row in shown] == ["pos", "neg"]
-    assert all(0.5 < row["score"] <= 1.0 for row in shown)
-
-
 def test_a_label_only_the_test_split_has_is_reported_before_training(tiny_bert: Path, ner_recipe, ner_files) -> None:
     with ner_files["test"].open("a") as handle:
         handle.write(json.dumps({"tokens": ["Mars"], "ner_tags": ["B-PLANET"]}) + "\n")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import datasets
@@ -25,7 +27,7 @@ class Task(ABC):
     name: ClassVar[str]
     input_column: ClassVar[str]
     target_column: ClassVar[str]
-    main_metric: ClassVar[str]
+    main_metric: str
     """Validation metric used to pick the best checkpoint unless the recipe names another."""
     auto_model: ClassVar[str]
     """The `transformers` Auto class that gives any architecture this task's head."""
@@ -41,6 +43,27 @@ class Task(ABC):
         self.options = options
         self.max_length = max_length
         self.stride = stride
+        self.calibration: dict[str, float] = {}
+        """Decision settings tuned on validation (see `calibrate`); saved in the model config."""
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether `calibrate` tunes anything, so the core spends a validation pass on it only then."""
+        return False
+
+    def calibrate(
+        self, examples: datasets.Dataset, features: datasets.Dataset, logits: Any, id2label: dict[int, str]
+    ) -> None:
+        """Tune decision settings (a multi-label threshold, a no-answer margin) on validation logits."""
+        return None
+
+    def loss_function(self, train: datasets.Dataset, label2id: dict[str, int]) -> Callable[..., Any] | None:
+        """A Trainer `compute_loss_func(outputs, labels, num_items_in_batch)`; None keeps the model's own loss."""
+        return None
+
+    def write_artifacts(self, folder: Path, split: str, examples: datasets.Dataset, predictions: list[Any]) -> None:
+        """Files beyond metrics and predictions a task writes for a scored split (plots, tables)."""
+        return None
 
     @classmethod
     @abstractmethod
@@ -85,6 +108,14 @@ class Task(ABC):
     @abstractmethod
     def present(self, example: dict[str, Any], prediction: Any) -> dict[str, Any]:
         """A JSON-ready prediction for one example, as `predict` prints it."""
+
+    def untrained_method(self, name: str) -> Callable[[datasets.Dataset], list[Any]] | None:
+        """For a model name that needs no model or training (Lead-k, TextRank, BM25): examples -> predictions.
+
+        The predictions are what `decode` returns, so the training core skips building and training
+        and scores, records and `predict`s them like a trained model's. None for any other name.
+        """
+        return None
 
     def text_columns(self) -> tuple[str, ...]:
         """Columns whose text a word vocabulary is built from (the recurrent baselines)."""

@@ -1,18 +1,44 @@
-"""Single-sentence text classification (binary or multi-class).
+"""Text classification: single sentences or sentence pairs; binary, multi-class or multi-label.
 
-Inputs longer than `data.max_length` are truncated: a sentence label rarely hinges on its tail,
-and the classification issue adds pairs, multi-label and class weights on this same module.
+Labels are stored as a list of names per example for every variant, so one Arrow schema and
+one featurizer serve all three (single-label rows hold one name). Inputs longer than
+`data.max_length` are truncated (pairs: the longer side first): a sentence label rarely
+hinges on its tail.
+
+Multi-label models score each class with a sigmoid; the decision threshold is tuned on
+validation after training (macro-F1) and saved with the model, so `predict` uses it too.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
 
 import datasets
 import numpy as np
-from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+import torch
+from pydantic import Field
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from nlptasks.errors import DataError, RecipeError
+from nlptasks.recipe import Section
 from nlptasks.tasks.base import Task, softmax
+
+THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
+
+
+class ClassificationOptions(Section):
+    multi_label: bool = False
+    """Each example may carry several labels (a list in JSON, or names split by `label_separator`)."""
+    label_separator: str = Field(default="|", min_length=1)
+    """Splits a multi-label string cell (CSV/TSV) into names."""
+    class_weights: Literal["none", "balanced"] | dict[str, float] = "none"
+    """Loss weight per class: `balanced` is n / (classes x count), or give a weight per name."""
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    """Multi-label decision threshold before tuning (and where no validation split exists)."""
 
 
 class Classification(Task):
@@ -21,34 +47,54 @@ class Classification(Task):
     target_column = "label"
     main_metric = "accuracy"
     auto_model = "AutoModelForSequenceClassification"
+    Options = ClassificationOptions
+    options: ClassificationOptions
+
+    def __init__(self, options: ClassificationOptions, max_length: int, stride: int) -> None:
+        super().__init__(options, max_length, stride)
+        if options.multi_label:
+            self.main_metric = "macro_f1"  # exact-set accuracy stays 0 for many epochs: a poor checkpoint signal
 
     @classmethod
     def features(cls) -> datasets.Features:
-        return datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("string")})
+        return datasets.Features(
+            {
+                "text": datasets.Value("string"),
+                "text_pair": datasets.Value("string"),
+                "label": datasets.Sequence(datasets.Value("string")),
+            }
+        )
 
     @classmethod
     def check_row(cls, row: dict[str, Any], label_names: list[str] | None) -> dict[str, Any]:
-        text, label = row["text"], row["label"]
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"field 'text' must be a non-empty string, got {text!r}")
-        if isinstance(label, bool) or label is None or label == "":
-            raise ValueError(f"field 'label' must be a class name or integer, got {label!r}")
-        if label_names is not None and isinstance(label, int | str) and str(label).lstrip("-").isdigit():
-            index = int(label)
-            if not 0 <= index < len(label_names):
-                raise ValueError(f"field 'label': {index} is outside the {len(label_names)} names given")
-            label = label_names[index]
-        return {"text": text, "label": str(label)}
+        pair = row.get("text_pair")
+        for field, text in (("text", row["text"]), ("text_pair", pair)):
+            if (field == "text" or pair is not None) and (not isinstance(text, str) or not text.strip()):
+                raise ValueError(f"field '{field}' must be a non-empty string, got {text!r}")
+        raw = row["label"]
+        labels = [_label_name(value, label_names) for value in (raw if isinstance(raw, list) else [raw])]
+        if not labels:
+            raise ValueError("field 'label' is an empty list")
+        return {"text": row["text"], "text_pair": pair, "label": labels}
 
     def label_list(self, train: datasets.Dataset) -> list[str]:
-        return sorted(set(train["label"]))
+        return sorted({name for labels in self._labels_of(train) for name in labels})
 
     def featurize(self, examples: datasets.Dataset, tokenizer: Any, label2id: dict[str, int]) -> datasets.Dataset:
         def encode(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
-            encoded = dict(tokenizer(batch["text"], truncation=True, max_length=self.max_length))
+            pairs = batch.get("text_pair") or [None] * len(indices)
+            has_pairs = any(pair is not None for pair in pairs)
+            encoded = dict(
+                tokenizer(
+                    batch["text"],
+                    [pair or "" for pair in pairs] if has_pairs else None,
+                    truncation="longest_first" if has_pairs else True,
+                    max_length=self.max_length,
+                )
+            )
             encoded["example_index"] = indices
             if "label" in batch:
-                encoded["labels"] = [label2id.get(label, -100) for label in batch["label"]]
+                encoded["labels"] = [self._target(self._split(labels), label2id) for labels in batch["label"]]
             return encoded
 
         return examples.map(
@@ -62,26 +108,195 @@ class Classification(Task):
         self, examples: datasets.Dataset, features: datasets.Dataset, logits: np.ndarray, id2label: dict[int, str]
     ) -> list[dict[str, Any]]:
         predictions: list[dict[str, Any]] = [{}] * len(examples)
+        if self.options.multi_label:
+            threshold = self.calibration.get("threshold", self.options.threshold)
+            for example, probs in zip(features["example_index"], _sigmoid(logits)):
+                chosen = [i for i in np.argsort(-probs) if probs[i] >= threshold]
+                predictions[example] = {
+                    "labels": [id2label[int(i)] for i in chosen],
+                    "scores": [float(probs[i]) for i in chosen],
+                }
+            return predictions
         for example, probs in zip(features["example_index"], softmax(logits)):
             best = int(probs.argmax())
             predictions[example] = {"label": id2label[best], "score": float(probs[best])}
         return predictions
 
     def score(self, examples: datasets.Dataset, predictions: list[dict[str, Any]]) -> dict[str, float]:
-        gold = examples["label"]
-        predicted = [p["label"] for p in predictions]
-        classes = sorted(set(gold) | set(predicted))
-        precision, recall, f1, _ = precision_recall_fscore_support(gold, predicted, labels=classes, zero_division=0)
-        metrics = {"accuracy": float(accuracy_score(gold, predicted)), "macro_f1": float(np.mean(f1))}
+        gold = [self._split(labels) for labels in examples["label"]]
+        predicted = [_predicted_labels(p) for p in predictions]
+        classes = sorted({name for labels in gold + predicted for name in labels})
+        if self.options.multi_label:
+            truth, guess = _multi_hot(gold, classes), _multi_hot(predicted, classes)
+            metrics = {"accuracy": float((truth == guess).all(1).mean())}
+            _, _, micro_f1, _ = precision_recall_fscore_support(truth, guess, average="micro", zero_division=0)
+            metrics["micro_f1"] = float(micro_f1)
+        else:
+            truth, guess = [labels[0] for labels in gold], [labels[0] for labels in predicted]
+            metrics = {"accuracy": float(np.mean([t == g for t, g in zip(truth, guess)]))}
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            truth, guess, labels=None if self.options.multi_label else classes, zero_division=0
+        )
+        metrics["macro_f1"] = float(np.mean(f1))
         for name, p, r, f in zip(classes, precision, recall, f1):
             metrics.update({f"precision_{name}": float(p), f"recall_{name}": float(r), f"f1_{name}": float(f)})
         return metrics
 
+    @property
+    def calibrates(self) -> bool:
+        return self.options.multi_label
+
+    def calibrate(
+        self, examples: datasets.Dataset, features: datasets.Dataset, logits: Any, id2label: dict[int, str]
+    ) -> None:
+        """The one threshold with the best validation macro-F1 (ties: the one nearest 0.5)."""
+        by_distance = sorted(THRESHOLDS, key=lambda t: abs(t - 0.5))
+        scores = {}
+        for threshold in by_distance:
+            self.calibration = {"threshold": float(threshold)}
+            scores[float(threshold)] = self.score(examples, self.decode(examples, features, logits, id2label))
+        best = max(scores, key=lambda t: scores[t]["macro_f1"])
+        self.calibration = {"threshold": best}
+
+    def loss_function(self, train: datasets.Dataset, label2id: dict[str, int]) -> Callable[..., Any] | None:
+        """Weighted cross-entropy, or binary cross-entropy per class for multi-label (any model family)."""
+        multi_label = self.options.multi_label
+        if self.options.class_weights == "none" and not multi_label:
+            return None
+        weights = None
+        if self.options.class_weights != "none":
+            weights = torch.tensor(self._class_weights(train, label2id), dtype=torch.float32)
+
+        def loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+            logits = outputs["logits"].float()
+            weight = None if weights is None else weights.to(logits.device)
+            if multi_label:
+                return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=weight)
+            return torch.nn.functional.cross_entropy(logits, labels, weight=weight)
+
+        return loss
+
+    def write_artifacts(self, folder: Path, split: str, examples: datasets.Dataset, predictions: list[Any]) -> None:
+        """`confusion_<split>.png` and `.json` (rows: gold, columns: predicted); single-label only."""
+        if self.options.multi_label:
+            return
+        gold = [self._split(labels)[0] for labels in examples["label"]]
+        guess = [p["label"] for p in predictions]
+        classes = sorted(set(gold) | set(guess))
+        counts = confusion_matrix(gold, guess, labels=classes)
+        table = {"labels": classes, "matrix": counts.tolist()}
+        (folder / f"confusion_{split}.json").write_text(json.dumps(table, indent=1) + "\n")
+        _plot_confusion(counts, classes, f"{split}: rows gold, columns predicted", folder / f"confusion_{split}.png")
+
     def examples_from_texts(self, texts: list[str]) -> datasets.Dataset:
-        return datasets.Dataset.from_dict({"text": texts})
+        """Plain lines are single texts; a JSON object line gives `text` and `text_pair`."""
+        rows = [_input_row(text) for text in texts]
+        return datasets.Dataset.from_dict(
+            {"text": [r["text"] for r in rows], "text_pair": [r.get("text_pair") for r in rows]},
+            features=datasets.Features({"text": datasets.Value("string"), "text_pair": datasets.Value("string")}),
+        )
 
     def present(self, example: dict[str, Any], prediction: dict[str, Any]) -> dict[str, Any]:
-        shown = {"text": example["text"], **prediction}
+        shown = {"text": example["text"]}
+        if example.get("text_pair") is not None:
+            shown["text_pair"] = example["text_pair"]
+        shown.update(prediction)
         if "label" in example:
-            shown["gold"] = example["label"]
+            gold = self._split(example["label"])
+            shown["gold"] = gold if self.options.multi_label else gold[0]
         return shown
+
+    def _labels_of(self, examples: datasets.Dataset) -> list[list[str]]:
+        try:
+            return [self._split(labels) for labels in examples["label"]]
+        except ValueError as err:
+            raise DataError(f"data: {err}") from None
+
+    def _split(self, labels: list[str]) -> list[str]:
+        """Multi-label string cells split into names; single-label rows must hold exactly one."""
+        if not self.options.multi_label:
+            if len(labels) != 1:
+                raise ValueError(f"field 'label' holds {labels}; set task_args.multi_label: true for several labels")
+            return labels
+        return sorted({name.strip() for label in labels for name in label.split(self.options.label_separator)})
+
+    def _target(self, labels: list[str], label2id: dict[str, int]) -> int | list[float]:
+        if not self.options.multi_label:
+            return label2id.get(labels[0], -100)
+        hot = [0.0] * len(label2id)
+        for name in labels:
+            if name in label2id:
+                hot[label2id[name]] = 1.0
+        return hot
+
+    def _class_weights(self, train: datasets.Dataset, label2id: dict[str, int]) -> list[float]:
+        setting = self.options.class_weights
+        if isinstance(setting, dict):
+            unknown = sorted(set(setting) - set(label2id))
+            if unknown:
+                raise RecipeError(f"task_args.class_weights: unknown classes {unknown}; classes: {sorted(label2id)}")
+            return [float(setting.get(name, 1.0)) for name in label2id]
+        counts = Counter(name for labels in self._labels_of(train) for name in labels)
+        if self.options.multi_label:
+            return [(len(train) - counts[name]) / max(counts[name], 1) for name in label2id]
+        return [len(train) / (len(label2id) * max(counts[name], 1)) for name in label2id]
+
+
+def _label_name(value: Any, label_names: list[str] | None) -> str:
+    """A class name from a name or an index into the names file beside the data."""
+    if isinstance(value, bool) or value is None or value == "":
+        raise ValueError(f"field 'label' must be a class name or integer, got {value!r}")
+    if label_names is not None and isinstance(value, int | str) and str(value).lstrip("-").isdigit():
+        index = int(value)
+        if not 0 <= index < len(label_names):
+            raise ValueError(f"field 'label': {index} is outside the {len(label_names)} names given")
+        return label_names[index]
+    return str(value)
+
+
+def _predicted_labels(prediction: dict[str, Any]) -> list[str]:
+    return prediction["labels"] if "labels" in prediction else [prediction["label"]]
+
+
+def _multi_hot(rows: list[list[str]], classes: list[str]) -> np.ndarray:
+    index = {name: i for i, name in enumerate(classes)}
+    hot = np.zeros((len(rows), len(classes)), dtype=int)
+    for i, names in enumerate(rows):
+        hot[i, [index[name] for name in names]] = 1
+    return hot
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def _input_row(text: str) -> dict[str, Any]:
+    if text.lstrip().startswith("{"):
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError:
+            return {"text": text}
+        if isinstance(row, dict) and isinstance(row.get("text"), str):
+            return row
+    return {"text": text}
+
+
+def _plot_confusion(counts: np.ndarray, classes: list[str], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    size = max(4.0, 0.35 * len(classes) + 2)
+    figure, axes = plt.subplots(figsize=(size, size))
+    axes.imshow(counts, cmap="Blues")
+    axes.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="gold", title=title)
+    axes.set_xticklabels(classes, rotation=90)
+    axes.set_yticklabels(classes)
+    if len(classes) <= 20:
+        for (row, column), value in np.ndenumerate(counts):
+            color = "white" if value > counts.max() / 2 else "black"
+            axes.text(column, row, str(value), ha="center", va="center", color=color, fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
