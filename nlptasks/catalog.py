@@ -168,12 +168,14 @@ class DatasetEntry:
     """`<task folder>/<name>` below the offline data directory."""
     hub_id: str
     hub_config: str | None = None
+    hub_columns: tuple[tuple[str, str], ...] = ()
+    """Hub column -> the offline pack's name, where they differ (so one recipe reads both)."""
 
 
 DATASETS: dict[str, DatasetEntry] = {
     "conll2003": DatasetEntry("ner/conll2003", "eriktks/conll2003"),
     "sst2": DatasetEntry("classification/sst2", "gpt3mix/sst2"),
-    "trec": DatasetEntry("classification/trec", "CogComp/trec"),
+    "trec": DatasetEntry("classification/trec", "CogComp/trec", hub_columns=(("coarse_label", "label"),)),
     "squad_v1": DatasetEntry("qa/squad_v1", "rajpurkar/squad"),
     "squad_v1_dev_split": DatasetEntry("qa/squad_v1_dev_split", ""),
     "dialogsum": DatasetEntry("summarization/dialogsum", "knkarthick/dialogsum"),

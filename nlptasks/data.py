@@ -236,8 +236,9 @@ def _catalog_splits(config: DataConfig, task: Task) -> dict[str, datasets.Datase
     renames = _renames(config, task)
     splits = {}
     for split, dataset in loaded.items():
-        dataset = _names_for_class_labels(dataset)
-        dataset = dataset.rename_columns({k: v for k, v in renames.items() if k != v and k in dataset.column_names})
+        asked = {k: v for k, v in renames.items() if k != v and k in dataset.column_names}
+        fixed = {k: v for k, v in (entry.hub_columns if entry else ()) if v not in asked.values()}
+        dataset = _names_for_class_labels(dataset.rename_columns({**fixed, **asked}))
         splits[split] = dataset.map(
             _hub_row_checker(task, f"{hub_id} {split}"),
             with_indices=True,

@@ -159,6 +159,19 @@ def test_a_hub_dataset_goes_through_the_same_row_checks(monkeypatch: pytest.Monk
     assert sorted(zip(both["text"], both["label"])) == [("bad", ["negative"]), ("fine", ["positive"])]
 
 
+def test_trec_on_the_hub_reads_like_the_offline_pack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CogComp/trec calls the coarse label `coarse_label`; the offline pack calls it `label`."""
+    coarse, fine = datasets.ClassLabel(names=["ABBR", "NUM"]), datasets.ClassLabel(names=["ABBR:exp", "NUM:date"])
+    features = datasets.Features({"text": datasets.Value("string"), "coarse_label": coarse, "fine_label": fine})
+    rows = {"text": ["What is NASA ?", "When was it ?"], "coarse_label": [0, 1], "fine_label": [0, 1]}
+    fake = datasets.DatasetDict({"test": datasets.Dataset.from_dict(rows, features=features)})
+    monkeypatch.setenv("NLPTASKS_DATA_DIR", "/nonexistent")
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: fake)
+    assert load_splits(DataConfig(name="trec"), task())["test"]["label"] == [["ABBR"], ["NUM"]]
+    by_fine = load_splits(DataConfig(name="trec", label_column="fine_label"), task())
+    assert by_fine["test"]["label"] == [["ABBR:exp"], ["NUM:date"]]
+
+
 def test_plain_and_json_lines_both_predict(tiny_bert: Path) -> None:
     examples = task().examples_from_texts(["just text", '{"text": "a", "text_pair": "b"}', "{not json"])
     assert examples["text"] == ["just text", "a", "{not json"]
