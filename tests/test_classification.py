@@ -52,6 +52,21 @@ def test_a_single_text_model_learns_and_predicts_what_it_was_scored_on(tiny_bert
     assert (result.run_dir / "confusion_validation.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_decoder_classifies_at_its_last_real_token_whatever_the_padding(tiny_llama: Path, tmp_path: Path) -> None:
+    """SmolLM2's tokenizer has no pad token: the builder pads with EOS and tells the model, so a text scores
+    the same alone and batched beside a longer one (Llama reads the last non-pad position)."""
+    rows = [{"text": "good fine great", "label": "pos"}, {"text": "bad awful poor", "label": "neg"}] * 16
+    result = run_recipe(tiny_llama, tmp_path, write_jsonl(tmp_path / "train.jsonl", rows))
+    assert result.metrics["validation"]["accuracy"] == 1.0
+    predictor = nlptasks.load(result.run_dir)
+    assert predictor.model.config.pad_token_id == predictor.tokenizer.pad_token_id is not None
+    short = "bad awful poor"
+    [alone] = predictor.predict(short)
+    [batched, _] = predictor.predict([short, "good fine great " * 6])
+    assert alone["label"] == batched["label"] == "neg"
+    assert batched["score"] == pytest.approx(alone["score"], abs=1e-5)
+
+
 def test_sentence_pairs_reach_the_model_as_two_segments(tiny_bert: Path, tmp_path: Path) -> None:
     """Entailment-style rows: the label depends on whether the two sides agree, so both must be seen."""
     rows = [
