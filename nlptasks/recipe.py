@@ -98,6 +98,44 @@ class EvalConfig(Section):
     write_predictions: bool = True
 
 
+class GenerationSettings(Section):
+    """Decoding for tasks that generate text (summarization, translation), at evaluation and `predict`.
+
+    Passed to `transformers`' `generate`; settings left unset keep its defaults. The length is
+    always `max_new_tokens`, never the library's default total length of 20.
+    """
+
+    num_beams: int = Field(default=1, gt=0)
+    """1: greedy (or sampling); more: beam search keeping this many hypotheses."""
+    max_new_tokens: int = Field(default=128, gt=0)
+    """Most tokens generated per input (the prompt or source not counted)."""
+    min_new_tokens: int = Field(default=0, ge=0)
+    """Fewest tokens generated before the end-of-sequence token may end an output."""
+    do_sample: bool = False
+    """Sample each token instead of taking the most likely one(s)."""
+    temperature: float | None = Field(default=None, gt=0)
+    """Sampling only: below 1 sharpens, above 1 flattens the distribution (unset: 1)."""
+    top_k: int | None = Field(default=None, gt=0)
+    """Sampling only: draw from the k most likely tokens (unset: 50)."""
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    """Sampling only: draw from the smallest set of tokens whose probability reaches p (nucleus)."""
+    length_penalty: float | None = None
+    """Beam search only: exponent on length when ranking finished beams; above 0 favours longer outputs (unset: 1)."""
+    no_repeat_ngram_size: int = Field(default=0, ge=0)
+    """Never repeat an n-gram of this size within one output (0: no constraint)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GenerationSettings:
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"min_new_tokens {self.min_new_tokens} exceeds max_new_tokens {self.max_new_tokens}")
+        sampling = [name for name in ("temperature", "top_k", "top_p") if getattr(self, name) is not None]
+        if sampling and not self.do_sample:
+            raise ValueError(f"{', '.join(sampling)} only apply when sampling: set do_sample: true, or unset them")
+        if self.length_penalty is not None and self.num_beams == 1:
+            raise ValueError("length_penalty only applies to beam search: set num_beams above 1, or unset it")
+        return self
+
+
 class Recipe(Section):
     description: str = ""
     task: str
@@ -111,6 +149,7 @@ class Recipe(Section):
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    generation: GenerationSettings = GenerationSettings()
 
     @field_validator("task")
     @classmethod
