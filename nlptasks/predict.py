@@ -20,6 +20,7 @@ import torch
 from nlptasks import models
 from nlptasks.data import pad_batch
 from nlptasks.errors import UserInputError
+from nlptasks.models import generation
 from nlptasks.recipe import Recipe, load_recipe
 from nlptasks.rundir import RunDir
 from nlptasks.tasks import task_for
@@ -73,7 +74,20 @@ class Predictor:
         if self.untrained is not None:
             return self.untrained(examples)
         features = sorted_by_length(self.task.featurize(examples, self.tokenizer, self.label2id))
-        return self.task.decode(examples, features, self.logits(features), self.id2label)
+        return self.task.decode(examples, features, self.outputs(features), self.id2label)
+
+    def outputs(self, features: datasets.Dataset) -> Any:
+        """What the task's `decode` reads: logits, or for a generating task one `Generation` per feature.
+
+        Generation runs the model's saved generation config, i.e. the recipe's `generation` settings.
+        """
+        if not self.task.generates:
+            return self.logits(features)
+        return [
+            generated
+            for batch in self._batches(features)
+            for generated in generation.generations(self.tokenizer, generation.generate_ids(self.model, batch).numpy())
+        ]
 
     @torch.inference_mode()
     def logits(self, features: datasets.Dataset) -> np.ndarray | tuple[np.ndarray, ...]:
@@ -81,17 +95,21 @@ class Predictor:
 
         One output (`logits`) comes back as an array, several (QA: start and end logits) as a tuple.
         """
-        columns = [c for c in features.column_names if c in self._inputs and c not in self.task.label_names]
-        rows = features.select_columns(columns)
-        pad_values = self.task.pad_values(self.tokenizer)
         outputs: dict[str, list[np.ndarray]] = {name: [] for name in self.task.output_names}
-        for start in range(0, len(rows), self.batch_size):
-            batch = pad_batch(list(rows.select(range(start, min(start + self.batch_size, len(rows))))), pad_values)
+        for batch in self._batches(features):
             output = self.model(**batch)
             for name, kept in outputs.items():
                 kept.extend(output[name].float().numpy())
         stacked = [_stack_padded(kept) for kept in outputs.values()]
         return stacked[0] if len(stacked) == 1 else tuple(stacked)
+
+    def _batches(self, features: datasets.Dataset) -> Iterator[dict[str, torch.Tensor]]:
+        """Padded batches of the features' model inputs (labels and bookkeeping fields left out), in order."""
+        columns = [c for c in features.column_names if c in self._inputs and c not in self.task.label_names]
+        rows = features.select_columns(columns)
+        pad_values = self.task.pad_values(self.tokenizer)
+        for start in range(0, len(rows), self.batch_size):
+            yield pad_batch(list(rows.select(range(start, min(start + self.batch_size, len(rows))))), pad_values)
 
 
 def _stack_padded(arrays: list[np.ndarray]) -> np.ndarray:

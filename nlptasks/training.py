@@ -29,6 +29,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from nlptasks import catalog, models
 from nlptasks.data import load_splits, pad_batch
 from nlptasks.errors import DataError
+from nlptasks.models import generation
 from nlptasks.recipe import Recipe, dump_recipe
 from nlptasks.rundir import RunDir, write_atomic
 from nlptasks.tasks import task_for
@@ -44,16 +45,25 @@ class RunResult:
     recipe: Recipe = field(repr=False)
 
 
-class LengthGroupedTrainer(Trainer):
-    """Trainer with length-grouped training batches from lengths computed once at tokenization.
+class TaskTrainer(Trainer):
+    """The Trainer plus what the core adds: length-grouped training batches and, for tasks that
+    generate text, generation at evaluation and prediction.
 
-    The stock `group_by_length` recomputes lengths by iterating the dataset and also shuffles
-    evaluation order, which would break mapping predictions back to examples.
+    Lengths are computed once at tokenization: the stock `group_by_length` recomputes them by
+    iterating the dataset and also shuffles evaluation order, which would break mapping
+    predictions back to examples.
+
+    A generating task's prediction step returns the evaluation loss (teacher-forced, from the
+    labels), the generated token ids in place of logits (through the same `generate_ids` as
+    `predict`), and the labels (unread, but the Trainer computes metrics only when it has them).
+    `Seq2SeqTrainer` does as much for encoder-decoders, but keeps a decoder's prompt in its output
+    and is not what `predict` runs; one shared function keeps both decoding alike.
     """
 
-    def __init__(self, *args: Any, lengths: list[int] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, lengths: list[int] | None = None, generates: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lengths = lengths
+        self.generates = generates
 
     def _get_train_sampler(self, train_dataset: datasets.Dataset | None = None) -> Sampler | None:
         if self.lengths is None:
@@ -61,6 +71,19 @@ class LengthGroupedTrainer(Trainer):
         return LengthGroupedSampler(
             self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=self.lengths
         )
+
+    def prediction_step(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        if not self.generates or prediction_loss_only:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        loss, _, _ = super().prediction_step(model, inputs, True, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        return loss, generation.generate_ids(self.model, inputs), inputs.get("labels")
 
 
 class CSVLogCallback(TrainerCallback):
@@ -105,22 +128,27 @@ def run(recipe: Recipe) -> RunResult:
         return _run_untrained(recipe, task, untrained, splits, run_dir, main=args.process_index == 0)
     labels = _labels(task, splits)
     model, tokenizer = models.build(recipe.model, recipe.model_args, task, labels, splits["train"])
+    if task.generates:
+        generation.configure(model, recipe.generation)
     label2id = {label: i for i, label in enumerate(labels)}
     with args.main_process_first(desc="tokenization"):
         features = {name: task.featurize(split, tokenizer, label2id) for name, split in splits.items()}
     features.update({name: sorted_by_length(split) for name, split in features.items() if name != "train"})
 
-    trainer = LengthGroupedTrainer(
+    trainer = TaskTrainer(
         model=model,
         args=args,
         train_dataset=features["train"],
         eval_dataset=features["validation"] if args.eval_strategy != "no" else None,
         data_collator=partial(pad_batch, pad_values=task.pad_values(tokenizer)),
-        compute_metrics=_metric_function(task, splits["validation"], features["validation"], model.config.id2label),
+        compute_metrics=_metric_function(
+            task, tokenizer, splits["validation"], features["validation"], model.config.id2label
+        ),
         processing_class=tokenizer,
         callbacks=_callbacks(recipe, run_dir, args),
         compute_loss_func=task.loss_function(splits["train"], label2id),
         lengths=lengths_of(features["train"]) if recipe.train.group_by_length else None,
+        generates=task.generates,
     )
     if trainer.is_world_process_zero():
         write_atomic(run_dir.recipe, dump_recipe(recipe))
@@ -199,8 +227,8 @@ def evaluate_split(
 ) -> dict[str, float]:
     """Score one split through the task's decoding; write its predictions when a run dir is given."""
     started = time.perf_counter()
-    logits = _first(trainer.predict(features).predictions, len(task.output_names))
-    predictions = task.decode(examples, features, logits, trainer.model.config.id2label)
+    outputs = task_outputs(task, trainer.processing_class, trainer.predict(features).predictions)
+    predictions = task.decode(examples, features, outputs, trainer.model.config.id2label)
     return record_split(
         task, examples, predictions, started, run_dir if trainer.is_world_process_zero() else None, split
     )
@@ -271,13 +299,20 @@ def _cpu_has_native_bf16() -> bool:
 
 
 def _metric_function(
-    task: Task, examples: datasets.Dataset, features: datasets.Dataset, id2label: dict[int, str]
+    task: Task, tokenizer: Any, examples: datasets.Dataset, features: datasets.Dataset, id2label: dict[int, str]
 ) -> Any:
     def compute(prediction: Any) -> dict[str, float]:
-        logits = _first(prediction.predictions, len(task.output_names))
-        return task.score(examples, task.decode(examples, features, logits, id2label))
+        outputs = task_outputs(task, tokenizer, prediction.predictions)
+        return task.score(examples, task.decode(examples, features, outputs, id2label))
 
     return compute
+
+
+def task_outputs(task: Task, tokenizer: Any, predictions: Any) -> Any:
+    """What the task's `decode` reads from the Trainer's predictions: logits, or a generating task's `Generation`s."""
+    if task.generates:
+        return generation.generations(tokenizer, predictions)
+    return _first(predictions, len(task.output_names))
 
 
 def _first(predictions: Any, count: int = 1) -> np.ndarray | tuple[np.ndarray, ...]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import datasets
 import numpy as np
@@ -21,6 +21,15 @@ from nlptasks.recipe import Section
 
 class NoOptions(Section):
     """A task without settings of its own."""
+
+
+class Generation(NamedTuple):
+    """One generated output as a generating task's `decode` receives it."""
+
+    text: str
+    """Detokenized, special tokens removed."""
+    tokens: int
+    """Tokens generated before the end of sequence (special tokens not counted)."""
 
 
 class Task(ABC):
@@ -38,6 +47,9 @@ class Task(ABC):
     """Model outputs `decode` reads: one reaches it as an array, several as a tuple in this order."""
     input_fields: ClassVar[tuple[str, ...]] = ("text",)
     """Fields of one raw `predict` input; with several, each input is a JSON object holding them."""
+    generates: ClassVar[bool] = False
+    """Outputs are generated text: evaluation and `predict` call the model's `generate` with the recipe's
+    `generation` settings, and `decode` receives one `Generation` per feature instead of logits."""
 
     def __init__(self, options: Section, max_length: int, stride: int) -> None:
         self.options = options
@@ -94,7 +106,7 @@ class Task(ABC):
         """One prediction per example from the logits of its features, in any feature order.
 
         Features map to examples through `example_index` only, so evaluation can batch them
-        sorted by length.
+        sorted by length. A generating task gets a list of `Generation`s, one per feature, as `logits`.
         """
 
     @abstractmethod
@@ -120,6 +132,12 @@ class Task(ABC):
     def text_columns(self) -> tuple[str, ...]:
         """Columns whose text a word vocabulary is built from (the recurrent baselines)."""
         return (self.input_column,)
+
+    def corpus(self, examples: datasets.Dataset) -> Iterator[str]:
+        """Every text of the examples (a list-valued column: each item), to train a tokenizer on."""
+        for column in self.text_columns():
+            for value in examples[column]:
+                yield from value if isinstance(value, list) else [value]
 
 
 def lengths_of(features: datasets.Dataset) -> list[int]:
