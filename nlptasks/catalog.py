@@ -53,6 +53,19 @@ RECURRENT_MODELS = {"bilstm": "lstm", "bigru": "gru"}
 RECURRENT_MODEL_TYPE = "nlptasks-birnn"
 """`model_type` in the config of a saved recurrent baseline."""
 
+T5_SIZES: dict[str, dict[str, int]] = {
+    "t5-tiny": {"num_layers": 2, "d_model": 64, "d_ff": 128, "num_heads": 2, "vocab_size": 2000},
+    "t5-mini": {"num_layers": 4, "d_model": 256, "d_ff": 1024, "num_heads": 4, "vocab_size": 8000},
+}
+"""T5 built offline from a size (`models/t5.py`: random weights, a Unigram tokenizer trained on the data).
+
+`num_layers` counts encoder and decoder layers each; `model_args` overrides any field. `t5-mini`
+has 9.4M parameters with its 8,000-piece vocabulary (embeddings tied); `t5-tiny` is for tests.
+"""
+
+WARM_STARTED: dict[str, str] = {"bert2bert-minilm-l6": "minilm-l6"}
+"""Encoder-decoders whose encoder and decoder both start from one encoder alias (Rothe et al., 2020)."""
+
 
 @dataclass(frozen=True)
 class ModelRef:
@@ -71,6 +84,10 @@ def resolve_model(name: str) -> ModelRef:
     """Where to load `name` from, converting packaged GGUF weights once on first use."""
     if name in RECURRENT_MODELS:
         return ModelRef(name, name, "recurrent")
+    if name in T5_SIZES:
+        return ModelRef(name, name, "seq2seq")
+    if name in WARM_STARTED:
+        return ModelRef(name, resolve_model(WARM_STARTED[name]).location, "seq2seq")
     if name in MODELS:
         entry = MODELS[name]
         folder = _package_dir(entry, name)
@@ -83,7 +100,7 @@ def resolve_model(name: str) -> ModelRef:
     if _looks_like_path(name):
         raise ModelNotFoundError(f"model: folder not found: {name}")
     if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(name):
-        aliases = [*MODELS, *RECURRENT_MODELS]
+        aliases = [*MODELS, *RECURRENT_MODELS, *T5_SIZES, *WARM_STARTED]
         raise ModelNotFoundError(
             f"model: '{name}' is not an alias, a local folder, or in the Hub cache, and HF_HUB_OFFLINE=1"
             f"{did_you_mean(name, aliases)}; offline aliases: {', '.join(aliases)}"
@@ -95,6 +112,8 @@ def check_model(name: str) -> None:
     """Fail fast on a model name that cannot resolve, without loading or converting weights."""
     if name in MODELS:
         _package_dir(MODELS[name], name)
+    elif name in WARM_STARTED:
+        check_model(WARM_STARTED[name])
     elif name not in RECURRENT_MODELS and _looks_like_path(name) and not Path(name).expanduser().exists():
         raise ModelNotFoundError(f"model: folder not found: {name}")
 

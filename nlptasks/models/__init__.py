@@ -4,6 +4,11 @@ Transformers get the task's head through the task's `Auto*` class, so any archit
 `transformers` maps (BERT, Llama, T5, ...) works unchanged. The recurrent baselines are
 `PreTrainedModel`s registered with the same Auto classes, so the training core, checkpoints,
 resume and `load` treat them exactly like transformers.
+
+Two kinds of alias build a model no checkpoint holds: T5 sizes (`t5-mini`, `t5.py`: random
+weights and a tokenizer trained on the data) and warm-started encoder-decoders
+(`bert2bert-minilm-l6`: `EncoderDecoderModel` from one encoder on both sides). Both save as
+ordinary transformers models, so `load` needs nothing special for them.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedModel
 
 from nlptasks import catalog
+from nlptasks.errors import RecipeError
 from nlptasks.tasks.base import Task
 
 
@@ -27,18 +33,55 @@ def build(
 ) -> tuple[PreTrainedModel, Any]:
     """A fresh model with the task's head sized to `labels`, and its tokenizer."""
     ref = catalog.resolve_model(model_name)
+    if task.generates and ref.family != "seq2seq":
+        raise RecipeError(
+            f"model: '{model_name}' is a{'n' if ref.family == 'encoder' else ''} {ref.family} model and task "
+            f"'{task.name}' generates text with an encoder-decoder: use t5-mini (offline), "
+            f"{', '.join(catalog.WARM_STARTED)} (warm-started from an encoder) or a Hub id such as t5-small"
+        )
     if ref.family == "recurrent":
         from nlptasks.models import recurrent
 
         return recurrent.build(task, catalog.RECURRENT_MODELS[ref.name], model_args, labels, train_examples)
+    if ref.name in catalog.T5_SIZES:
+        from nlptasks.models import t5
+
+        return t5.build(ref.name, model_args, task, _head(labels), train_examples)
+    if ref.name in catalog.WARM_STARTED:
+        return _warm_started(ref.location, model_args)
     tokenizer = load_tokenizer(ref.location, ref.family)
     auto_class = getattr(transformers, task.auto_model)
-    head: dict[str, Any] = {}  # tasks without class labels (QA) keep the head's own output size
-    if labels:
-        label2id = {label: i for i, label in enumerate(labels)}
-        head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": label2id}
-    model, loading = auto_class.from_pretrained(ref.location, output_loading_info=True, **head, **model_args)
+    model, loading = auto_class.from_pretrained(ref.location, output_loading_info=True, **_head(labels), **model_args)
     _restore_backbone(model, ref.location, loading["missing_keys"])
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _head(labels: list[str]) -> dict[str, Any]:
+    """Config settings sizing a classification head; none for tasks without class labels (QA, generation)."""
+    if not labels:
+        return {}
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+
+
+def _warm_started(location: str, model_args: dict[str, Any]) -> tuple[PreTrainedModel, Any]:
+    """BERT2BERT (Rothe et al., 2020): encoder and decoder both initialised from one encoder checkpoint.
+
+    The decoder copy gets a causal mask and new, randomly initialised cross-attention; both
+    halves keep the encoder's vocabulary. Outputs start after `[CLS]` (the decoder start token)
+    and end with `[SEP]`, which the tokenizer therefore names its bos and eos tokens.
+    `model_args` reach `EncoderDecoderModel.from_encoder_decoder_pretrained` (keys prefixed
+    `encoder_` / `decoder_` configure one half only, e.g. `decoder_hidden_dropout_prob`).
+    """
+    tokenizer = load_tokenizer(location, "encoder")
+    tokenizer.bos_token, tokenizer.eos_token = tokenizer.cls_token, tokenizer.sep_token
+    model = transformers.EncoderDecoderModel.from_encoder_decoder_pretrained(location, location, **model_args)
+    model.config.decoder_start_token_id = model.config.bos_token_id = tokenizer.cls_token_id
+    model.config.eos_token_id = tokenizer.sep_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 

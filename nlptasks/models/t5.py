@@ -1,0 +1,92 @@
+"""T5 offline: a named size (`catalog.T5_SIZES`) and a Unigram tokenizer trained on the recipe's data.
+
+Hub ids (`t5-small`) load pretrained through the generic path in `models/__init__.py`; the size
+aliases (`t5-tiny`, `t5-mini`) build a randomly initialised `T5Config` for whichever head the
+task's Auto class maps for T5 (`T5ForConditionalGeneration` for generation, and the
+sequence-classification, token-classification and question-answering heads), so every task
+can have a T5 row without the Hub.
+
+The tokenizer is SentencePiece-style, trained by the `tokenizers` library on every text of the
+training split (`Task.corpus`: source and target alike): NFKC, runs of whitespace as one space,
+`▁` marking word starts (Metaspace), a Unigram language-model vocabulary, and `</s>` appended
+to every input. Special ids follow T5: `<pad>` 0 (also the decoder start), `</s>` 1, `<unk>` 2.
+It is saved with the run, so `nlptasks.load` and bare `transformers` read it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import datasets
+import transformers
+from pydantic import Field, model_validator
+from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
+from tokenizers.models import Unigram
+from transformers import PreTrainedModel, PreTrainedTokenizerFast, T5Config
+
+from nlptasks import catalog
+from nlptasks.recipe import Section, validate_section
+from nlptasks.tasks.base import Task
+
+SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
+
+
+class T5Size(Section):
+    """A T5 size; an alias gives every field and `model_args` may override any of them."""
+
+    num_layers: int = Field(gt=0)
+    """Layers of the encoder, and of the decoder."""
+    d_model: int = Field(gt=0)
+    d_ff: int = Field(gt=0)
+    """Width of each feed-forward block."""
+    num_heads: int = Field(gt=0)
+    vocab_size: int = Field(gt=len(SPECIAL_TOKENS))
+    """Pieces the Unigram tokenizer may learn (fewer where the training text has fewer)."""
+    dropout_rate: float = Field(default=0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> T5Size:
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of num_heads {self.num_heads}")
+        return self
+
+
+def build(
+    name: str, model_args: dict[str, Any], task: Task, head: dict[str, Any], train_examples: datasets.Dataset
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """A random T5 of the named size with the task's head (`head`: label settings), and its new tokenizer."""
+    size = validate_section(T5Size, {**catalog.T5_SIZES[name], **model_args}, "model_args")
+    tokenizer = train_unigram_tokenizer(task.corpus(train_examples), size.vocab_size)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=size.d_model,
+        d_kv=size.d_model // size.num_heads,
+        d_ff=size.d_ff,
+        num_layers=size.num_layers,
+        num_heads=size.num_heads,
+        dropout_rate=size.dropout_rate,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+        **head,
+    )
+    return getattr(transformers, task.auto_model).from_config(config), tokenizer
+
+
+def train_unigram_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A SentencePiece-style Unigram tokenizer learnt from `texts` (see the module docstring)."""
+    unigram = Tokenizer(Unigram())
+    unigram.normalizer = normalizers.Sequence(
+        [normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()]
+    )
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    unigram.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), unk_token="<unk>")
+    unigram.train_from_iterator(texts, trainer)
+    end = unigram.token_to_id("</s>")
+    unigram.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", end)]
+    )
+    pad, eos, unk = SPECIAL_TOKENS
+    return PreTrainedTokenizerFast(tokenizer_object=unigram, pad_token=pad, eos_token=eos, unk_token=unk)
