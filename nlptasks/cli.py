@@ -18,7 +18,20 @@ from nlptasks.predict import read_texts
 from nlptasks.recipe import parse_overrides, shipped_recipes
 
 QUICKSTART_RECIPE = "quickstart/rotten-tomatoes"
-HEADLINE_METRICS = ("accuracy", "macro_f1", "exact_match", "f1", "precision", "recall", "rouge1", "rouge2", "rougeL")
+HEADLINE_METRICS = (
+    "accuracy",
+    "macro_f1",
+    "exact_match",
+    "f1",
+    "precision",
+    "recall",
+    "rouge1",
+    "rouge2",
+    "rougeL",
+    "rougeLsum",
+    "bleu",
+    "chrf",
+)
 """Metrics `run` prints (each task's contract keys); metrics.json has every metric."""
 
 

@@ -7,8 +7,12 @@ from nlptasks.tasks.base import Task
 from nlptasks.tasks.classification import Classification
 from nlptasks.tasks.ner import NER
 from nlptasks.tasks.qa import QuestionAnswering
+from nlptasks.tasks.summarization import Summarization
+from nlptasks.tasks.translation import Translation
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (NER, Classification, QuestionAnswering)}
+TASKS: dict[str, type[Task]] = {
+    task.name: task for task in (NER, Classification, QuestionAnswering, Summarization, Translation)
+}
 
 
 def task_for(recipe: Recipe) -> Task:

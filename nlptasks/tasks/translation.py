@@ -1,0 +1,127 @@
+"""Translation from one language of parallel rows into another (Multi30k English to German by default).
+
+Rows are Hub-style `{"translation": {"en": "...", "de": "..."}}` objects with two or more
+languages, every text non-empty; they are stored as `[{language, text}, ...]` so one schema
+holds any language pair. The direction is `task_args.source_lang` -> `task_args.target_lang`
+(`source_lang: de, target_lang: en` translates the same data the other way).
+
+Metrics on sacreBLEU's 0-100 scale, computed on the detokenized generated text with its default
+settings: `bleu` (corpus BLEU, `13a` tokenizer, exponential smoothing) and `chrf` (character
+6-gram F-score, beta 2); `gen_len` is the mean generated length in tokens. Each scored split
+writes `sacrebleu_<split>.json` to the run directory with both scores' signatures
+(`nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:...`) and the full BLEU line, so a
+number can be reproduced and compared with published ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import datasets
+from pydantic import Field, model_validator
+from sacrebleu.metrics import BLEU, CHRF
+
+from nlptasks.errors import DataError
+from nlptasks.tasks.base import Generation
+from nlptasks.tasks.extractive_summarization import _nonblank
+from nlptasks.tasks.seq2seq import Seq2SeqOptions, Seq2SeqTask, gen_len
+
+Pairs = list[dict[str, str]]
+"""One row's texts: `[{"language": "en", "text": ...}, ...]`."""
+
+
+class TranslationOptions(Seq2SeqOptions):
+    source_lang: str = Field(default="en", min_length=1)
+    """Language code of the source texts (a key of each row's `translation` object)."""
+    target_lang: str = Field(default="de", min_length=1)
+    """Language code of the texts to generate."""
+
+    @model_validator(mode="after")
+    def _two_languages(self) -> TranslationOptions:
+        if self.source_lang == self.target_lang:
+            raise ValueError(f"source_lang and target_lang are both '{self.source_lang}'")
+        return self
+
+
+class Translation(Seq2SeqTask):
+    name = "translation"
+    input_column = "translation"
+    target_column = "translation"
+    main_metric = "bleu"
+    Options = TranslationOptions
+    options: TranslationOptions
+
+    @classmethod
+    def features(cls) -> datasets.Features:
+        return datasets.Features(
+            {"translation": [{"language": datasets.Value("string"), "text": datasets.Value("string")}]}
+        )
+
+    @classmethod
+    def check_row(cls, row: dict[str, Any], label_names: list[str] | None) -> dict[str, Any]:
+        texts = row["translation"]
+        if not isinstance(texts, dict) or len(texts) < 2:
+            raise ValueError(f"field 'translation' must map two or more language codes to texts, got {texts!r}")
+        pairs = [{"language": code, "text": _nonblank(text, f"translation.{code}")} for code, text in texts.items()]
+        return {"translation": pairs}
+
+    def corpus(self, examples: datasets.Dataset) -> Iterator[str]:
+        for pairs in examples["translation"]:
+            yield from (pair["text"] for pair in pairs)
+
+    def sources(self, batch: dict[str, list], indices: list[int]) -> list[str]:
+        return [_text_in(pairs, self.options.source_lang, index) for pairs, index in zip(batch["translation"], indices)]
+
+    def targets(self, batch: dict[str, list], indices: list[int]) -> list[str] | None:
+        """None for `predict` inputs, which hold the source text alone (data rows hold two languages or more)."""
+        if all(len(pairs) == 1 for pairs in batch["translation"]):
+            return None
+        return [_text_in(pairs, self.options.target_lang, index) for pairs, index in zip(batch["translation"], indices)]
+
+    def examples_from_sources(self, sources: list[str]) -> datasets.Dataset:
+        rows = [[{"language": self.options.source_lang, "text": text}] for text in sources]
+        return datasets.Dataset.from_dict({"translation": rows}, features=self.features())
+
+    def score(self, examples: datasets.Dataset, predictions: list[Generation]) -> dict[str, float]:
+        """`bleu` and `chrf` (sacreBLEU, 0-100) and `gen_len` (see the module docstring)."""
+        bleu, chrf = self._sacrebleu(examples, predictions)
+        return {"bleu": bleu["score"], "chrf": chrf["score"], "gen_len": gen_len(predictions)}
+
+    def write_artifacts(self, folder: Path, split: str, examples: datasets.Dataset, predictions: list[Any]) -> None:
+        """`sacrebleu_<split>.json`: each metric's score, signature and sacreBLEU's own summary line."""
+        bleu, chrf = self._sacrebleu(examples, predictions)
+        (folder / f"sacrebleu_{split}.json").write_text(json.dumps({"bleu": bleu, "chrf": chrf}, indent=1) + "\n")
+
+    def _sacrebleu(
+        self, examples: datasets.Dataset, predictions: list[Generation]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        hypotheses = [prediction.text for prediction in predictions]
+        references = [
+            [_text_in(pairs, self.options.target_lang, index) for index, pairs in enumerate(examples["translation"])]
+        ]
+        results = []
+        for metric in (BLEU(), CHRF()):
+            score = metric.corpus_score(hypotheses, references)
+            results.append({"score": score.score, "signature": str(metric.get_signature()), "line": str(score)})
+        return results[0], results[1]
+
+    def present(self, example: dict[str, Any], prediction: Generation) -> dict[str, Any]:
+        texts = {pair["language"]: pair["text"] for pair in example["translation"]}
+        shown = {"source": texts[self.options.source_lang], "translation": prediction.text}
+        if self.options.target_lang in texts:
+            shown["gold"] = texts[self.options.target_lang]
+        return shown
+
+
+def _text_in(pairs: Pairs, language: str, index: int) -> str:
+    for pair in pairs:
+        if pair["language"] == language:
+            return pair["text"]
+    found = ", ".join(pair["language"] for pair in pairs)
+    raise DataError(
+        f"data: example {index} has no '{language}' text in field 'translation' (it has {found}); "
+        "set task_args.source_lang and task_args.target_lang to languages the data has"
+    )
