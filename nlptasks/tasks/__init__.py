@@ -5,13 +5,15 @@ from __future__ import annotations
 from nlptasks.recipe import Recipe, validate_section
 from nlptasks.tasks.base import Task
 from nlptasks.tasks.classification import Classification
+from nlptasks.tasks.extractive_summarization import ExtractiveSummarization
 from nlptasks.tasks.ner import NER
 from nlptasks.tasks.qa import QuestionAnswering
 from nlptasks.tasks.summarization import Summarization
 from nlptasks.tasks.translation import Translation
 
 TASKS: dict[str, type[Task]] = {
-    task.name: task for task in (NER, Classification, QuestionAnswering, Summarization, Translation)
+    task.name: task
+    for task in (NER, Classification, ExtractiveSummarization, QuestionAnswering, Summarization, Translation)
 }
 
 
