@@ -104,8 +104,12 @@ class Predictor:
         return stacked[0] if len(stacked) == 1 else tuple(stacked)
 
     def _batches(self, features: datasets.Dataset) -> Iterator[dict[str, torch.Tensor]]:
-        """Padded batches of the features' model inputs (labels and bookkeeping fields left out), in order."""
-        columns = [c for c in features.column_names if c in self._inputs and c not in self.task.label_names]
+        """Padded batches of the features' model inputs (bookkeeping fields left out), in order.
+
+        Labels are left out too, except for a generating task: a decoder's prompt ends where its labels begin.
+        """
+        wanted = [c for c in features.column_names if c in self._inputs]
+        columns = [c for c in wanted if self.task.generates or c not in self.task.label_names]
         rows = features.select_columns(columns)
         pad_values = self.task.pad_values(self.tokenizer)
         for start in range(0, len(rows), self.batch_size):

@@ -31,7 +31,9 @@ def configure(model: PreTrainedModel, settings: GenerationSettings) -> None:
     summarizer's beam count) out, so the recipe is the one source of decoding settings.
     """
     if not model.can_generate():
-        raise RecipeError(f"model: {type(model).__name__} cannot generate text; this task needs an encoder-decoder")
+        raise RecipeError(
+            f"model: {type(model).__name__} cannot generate text; this task needs an encoder-decoder or a causal LM"
+        )
     tokens = {key: _special_token(model, key) for key in SPECIAL_TOKENS}
     values = {key: value for key, value in tokens.items() if value is not None}
     model.generation_config = GenerationConfig(**values, **settings.model_dump(exclude_none=True))
@@ -46,14 +48,33 @@ def _special_token(model: PreTrainedModel, key: str) -> int | None:
 def generate_ids(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The new tokens only, (batch, longest output), under the model's generation config.
 
-    An encoder-decoder's output starts with its decoder start token and a decoder's with the
-    prompt (which must be left-padded so every prompt ends where generation starts): both are
-    cut off, so every family returns just what it generated.
+    An encoder-decoder reads the batch's inputs and its output starts with its decoder start
+    token; a decoder reads its prompts left-padded (`left_padded_prompts`) and its output starts
+    with them. Both are cut off, so every family returns just what it generated.
     """
-    inputs = {key: batch[key] for key in GENERATION_INPUTS if key in batch}
-    sequences = model.generate(**inputs)
-    prompt_length = 1 if model.config.is_encoder_decoder else inputs["input_ids"].shape[1]
-    return sequences[:, prompt_length:]
+    if model.config.is_encoder_decoder:
+        return model.generate(**{key: batch[key] for key in GENERATION_INPUTS if key in batch})[:, 1:]
+    prompts = left_padded_prompts(batch, model.generation_config.pad_token_id or 0)
+    return model.generate(**prompts)[:, prompts["input_ids"].shape[1] :]
+
+
+def left_padded_prompts(batch: dict[str, torch.Tensor], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """A decoder's prompts, each moved to the right end of its row so that all end where generation starts.
+
+    A row's prompt is its unpadded tokens before the first labelled one where the batch has labels
+    (training and evaluation rows hold prompt and target), else all its unpadded tokens (`predict`).
+    """
+    in_prompt = batch["attention_mask"].bool()
+    if "labels" in batch:
+        in_prompt &= (batch["labels"] != -100).cumsum(dim=1) == 0
+    width = int(in_prompt.sum(dim=1).max())
+    input_ids = torch.full((len(in_prompt), width), pad_token_id, dtype=torch.long, device=in_prompt.device)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, tokens in enumerate(in_prompt):
+        prompt = batch["input_ids"][row][tokens]
+        input_ids[row, width - len(prompt) :] = prompt
+        attention_mask[row, width - len(prompt) :] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 def generations(tokenizer: Any, ids: np.ndarray) -> list[Generation]:
