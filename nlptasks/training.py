@@ -20,7 +20,7 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -58,12 +58,32 @@ class TaskTrainer(Trainer):
     `predict`), and the labels (unread, but the Trainer computes metrics only when it has them).
     `Seq2SeqTrainer` does as much for encoder-decoders, but keeps a decoder's prompt in its output
     and is not what `predict` runs; one shared function keeps both decoding alike.
+
+    A task may batch training examples differently from evaluation's padded rows (packed into one
+    sequence): `train_collator` then builds the training batches only.
     """
 
-    def __init__(self, *args: Any, lengths: list[int] | None = None, generates: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        lengths: list[int] | None = None,
+        generates: bool = False,
+        train_collator: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.lengths = lengths
         self.generates = generates
+        self.train_collator = train_collator
+
+    def get_train_dataloader(self) -> DataLoader:
+        if self.train_collator is None:
+            return super().get_train_dataloader()
+        evaluation_collator, self.data_collator = self.data_collator, self.train_collator
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = evaluation_collator
 
     def _get_train_sampler(self, train_dataset: datasets.Dataset | None = None) -> Sampler | None:
         if self.lengths is None:
@@ -149,6 +169,7 @@ def run(recipe: Recipe) -> RunResult:
         compute_loss_func=task.loss_function(splits["train"], label2id),
         lengths=lengths_of(features["train"]) if recipe.train.group_by_length else None,
         generates=task.generates,
+        train_collator=task.training_collator(tokenizer),
     )
     if trainer.is_world_process_zero():
         write_atomic(run_dir.recipe, dump_recipe(recipe))

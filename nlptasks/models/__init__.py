@@ -33,12 +33,15 @@ def build(
 ) -> tuple[PreTrainedModel, Any]:
     """A fresh model with the task's head sized to `labels`, and its tokenizer."""
     ref = catalog.resolve_model(model_name)
-    if task.generates and ref.family != "seq2seq":
+    if task.generates and ref.family not in ("seq2seq", "decoder"):
+        decoders = [name for name, entry in catalog.MODELS.items() if entry.family == "decoder"]
         raise RecipeError(
             f"model: '{model_name}' is a{'n' if ref.family == 'encoder' else ''} {ref.family} model and task "
-            f"'{task.name}' generates text with an encoder-decoder: use t5-mini (offline), "
+            f"'{task.name}' generates text with an encoder-decoder or a decoder: use t5-mini (offline), "
+            f"{', '.join(decoders)} (a decoder), "
             f"{', '.join(catalog.WARM_STARTED)} (warm-started from an encoder) or a Hub id such as t5-small"
         )
+    task.use_model_family(ref.family)
     if ref.family == "recurrent":
         from nlptasks.models import recurrent
 
@@ -49,7 +52,7 @@ def build(
         return t5.build(ref.name, model_args, task, _head(labels), train_examples)
     if ref.name in catalog.WARM_STARTED:
         return _warm_started(ref.location, model_args)
-    tokenizer = load_tokenizer(ref.location, ref.family)
+    tokenizer = load_tokenizer(ref.location, ref.family, task.generates)
     auto_class = getattr(transformers, task.auto_model)
     model, loading = auto_class.from_pretrained(ref.location, output_loading_info=True, **_head(labels), **model_args)
     _restore_backbone(model, ref.location, loading["missing_keys"])
@@ -103,14 +106,18 @@ def load(model_dir: Path, task: Task) -> tuple[PreTrainedModel, Any]:
     family = catalog.family_of(model_dir)
     if family == "recurrent":
         from nlptasks.models import recurrent  # noqa: F401 - registers the baselines with the Auto classes
+    task.use_model_family(family)
     model = getattr(transformers, task.auto_model).from_pretrained(model_dir)
-    return model, load_tokenizer(str(model_dir), family)
+    return model, load_tokenizer(str(model_dir), family, task.generates)
 
 
-def load_tokenizer(location: str, family: str) -> Any:
-    """A tokenizer ready for word-split input and batching: decoders get a prefix space and a pad token."""
+def load_tokenizer(location: str, family: str, generates: bool = False) -> Any:
+    """A tokenizer ready for word-split input and batching: decoders get a prefix space and a pad token.
+
+    A decoder that generates keeps its own pre-tokenizer: its chat prompts must tokenize as in its training.
+    """
     tokenizer = AutoTokenizer.from_pretrained(location)
-    if family == "decoder":
+    if family == "decoder" and not generates:
         _add_prefix_space(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

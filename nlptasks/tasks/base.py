@@ -73,6 +73,18 @@ class Task(ABC):
         """A Trainer `compute_loss_func(outputs, labels, num_items_in_batch)`; None keeps the model's own loss."""
         return None
 
+    def use_model_family(self, family: str) -> None:
+        """Learn the family (`catalog.Family`) of the model about to be built or loaded, before `auto_model` is read.
+
+        Most tasks treat every family alike; a text-to-text task reads a decoder-only model's
+        inputs, labels and Auto class differently from an encoder-decoder's.
+        """
+        return None
+
+    def training_collator(self, tokenizer: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]] | None:
+        """How training batches are built where they differ from evaluation's padded rows (packing); None: alike."""
+        return None
+
     def write_artifacts(self, folder: Path, split: str, examples: datasets.Dataset, predictions: list[Any]) -> None:
         """Files beyond metrics and predictions a task writes for a scored split (plots, tables)."""
         return None
