@@ -207,10 +207,7 @@ class BiRNNEncoder(nn.Module):
             if char_ids is None:
                 raise ValueError("this model has a character encoder: pass `char_ids` (its tokenizer returns them)")
             features = torch.cat([features, self._char_vectors(char_ids)], dim=-1)
-        lengths = mask.sum(1).clamp(min=1).cpu()
-        packed = pack_padded_sequence(self.dropout(features), lengths, batch_first=True, enforce_sorted=False)
-        states, _ = self.rnn(packed)
-        states, _ = pad_packed_sequence(states, batch_first=True, total_length=input_ids.shape[1])
+        states, _ = packed_rnn(self.rnn, self.dropout(features), mask)
         return self.dropout(states), mask
 
     def _char_vectors(self, char_ids: torch.Tensor) -> torch.Tensor:
@@ -227,15 +224,19 @@ class BiRNNPreTrainedModel(PreTrainedModel):
     config_class = BiRNNConfig
     base_model_prefix = "encoder"
 
-    @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Embeddings ~ N(0, 1/dim); everything else keeps torch's own init (guarded against re-init on load)."""
-        if isinstance(module, nn.Embedding):
-            init.normal_(module.weight, std=module.embedding_dim**-0.5)
-            if not getattr(module.weight, "_is_hf_initialized", False):
-                module.weight[module.padding_idx].zero_()
-        elif isinstance(module, (nn.RNNBase, nn.Linear, nn.Conv1d, CRF)):
-            module.reset_parameters()
+        init_recurrent_weights(module)
+
+
+@torch.no_grad()
+def init_recurrent_weights(module: nn.Module) -> None:
+    """Embeddings ~ N(0, 1/dim); everything else keeps torch's own init (guarded against re-init on load)."""
+    if isinstance(module, nn.Embedding):
+        init.normal_(module.weight, std=module.embedding_dim**-0.5)
+        if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+            module.weight[module.padding_idx].zero_()
+    elif isinstance(module, (nn.RNNBase, nn.Linear, nn.Conv1d, CRF)):
+        module.reset_parameters()
 
 
 class BiRNNForTokenClassification(BiRNNPreTrainedModel):
@@ -376,7 +377,7 @@ class BiRNNForQuestionAnswering(BiRNNPreTrainedModel):
         exact = ((context_ids.unsqueeze(2) == question_ids.unsqueeze(1)) & question_mask.unsqueeze(1)).any(-1)
         exact = (exact & (context_ids > 1)).unsqueeze(-1).to(context.dtype)  # [PAD] and [UNK] match nothing
         merged = torch.cat([context, attended, context * attended, exact], -1)
-        modeled = self.dropout(_packed(self.modeling, merged, context_mask))  # (batch, context, 2 * hidden)
+        modeled = self.dropout(packed_rnn(self.modeling, merged, context_mask)[0])  # (batch, context, 2 * hidden)
         scores = _at_positions(self.pointers(modeled), context_mask, order, input_ids.shape[1])
         pooled = modeled.masked_fill(~context_mask.unsqueeze(-1), float("-inf")).amax(1)
         scores = torch.cat([self.no_answer(pooled).unsqueeze(1), scores[:, 1:]], 1)
@@ -407,11 +408,14 @@ class BiRNNForQuestionAnswering(BiRNNPreTrainedModel):
         return states, ids, part_mask, order
 
 
-def _packed(rnn: nn.RNNBase, inputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """`rnn` states for right-padded rows; padding never enters the RNN."""
+def packed_rnn(rnn: nn.RNNBase, inputs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """`rnn` states (batch, seq, directions * hidden) for right-padded rows, and its final state.
+
+    Padding never enters the RNN, so the final state is each row's own last token's (an LSTM's is (h, c)).
+    """
     lengths = mask.sum(1).clamp(min=1).cpu()
-    states, _ = rnn(pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False))
-    return pad_packed_sequence(states, batch_first=True, total_length=inputs.shape[1])[0]
+    states, final = rnn(pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False))
+    return pad_packed_sequence(states, batch_first=True, total_length=inputs.shape[1])[0], final
 
 
 def _at_positions(scores: torch.Tensor, mask: torch.Tensor, order: torch.Tensor, length: int) -> torch.Tensor:
