@@ -53,6 +53,11 @@ RECURRENT_MODELS = {"bilstm": "lstm", "bigru": "gru"}
 RECURRENT_MODEL_TYPE = "nlptasks-birnn"
 """`model_type` in the config of a saved recurrent baseline."""
 
+RNN_SEQ2SEQ_MODELS = {"lstm-attention": "lstm", "gru-attention": "gru"}
+"""RNN encoder-decoders with attention (`models/rnn_seq2seq.py`) by name, with the RNN cell each uses."""
+RNN_SEQ2SEQ_MODEL_TYPE = "nlptasks-rnn-seq2seq"
+"""`model_type` in the config of a saved RNN encoder-decoder."""
+
 T5_SIZES: dict[str, dict[str, int]] = {
     "t5-tiny": {"num_layers": 2, "d_model": 64, "d_ff": 128, "num_heads": 2, "vocab_size": 2000},
     "t5-mini": {"num_layers": 4, "d_model": 256, "d_ff": 1024, "num_heads": 4, "vocab_size": 8000},
@@ -84,7 +89,7 @@ def resolve_model(name: str) -> ModelRef:
     """Where to load `name` from, converting packaged GGUF weights once on first use."""
     if name in RECURRENT_MODELS:
         return ModelRef(name, name, "recurrent")
-    if name in T5_SIZES:
+    if name in T5_SIZES or name in RNN_SEQ2SEQ_MODELS:
         return ModelRef(name, name, "seq2seq")
     if name in WARM_STARTED:
         return ModelRef(name, resolve_model(WARM_STARTED[name]).location, "seq2seq")
@@ -100,7 +105,7 @@ def resolve_model(name: str) -> ModelRef:
     if _looks_like_path(name):
         raise ModelNotFoundError(f"model: folder not found: {name}")
     if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(name):
-        aliases = [*MODELS, *RECURRENT_MODELS, *T5_SIZES, *WARM_STARTED]
+        aliases = [*MODELS, *RECURRENT_MODELS, *T5_SIZES, *WARM_STARTED, *RNN_SEQ2SEQ_MODELS]
         raise ModelNotFoundError(
             f"model: '{name}' is not an alias, a local folder, or in the Hub cache, and HF_HUB_OFFLINE=1"
             f"{did_you_mean(name, aliases)}; offline aliases: {', '.join(aliases)}"
