@@ -8,7 +8,9 @@ resume and `load` treat them exactly like transformers.
 Two kinds of alias build a model no checkpoint holds: T5 sizes (`t5-mini`, `t5.py`: random
 weights and a tokenizer trained on the data) and warm-started encoder-decoders
 (`bert2bert-minilm-l6`: `EncoderDecoderModel` from one encoder on both sides). Both save as
-ordinary transformers models, so `load` needs nothing special for them.
+ordinary transformers models, so `load` needs nothing special for them. The RNN
+encoder-decoders (`lstm-attention`, `gru-attention`, `rnn_seq2seq.py`) are the generating
+tasks' recurrent baselines, registered with `AutoModelForSeq2SeqLM` like the others.
 """
 
 from __future__ import annotations
@@ -39,13 +41,18 @@ def build(
             f"model: '{model_name}' is a{'n' if ref.family == 'encoder' else ''} {ref.family} model and task "
             f"'{task.name}' generates text with an encoder-decoder or a decoder: use t5-mini (offline), "
             f"{', '.join(decoders)} (a decoder), "
-            f"{', '.join(catalog.WARM_STARTED)} (warm-started from an encoder) or a Hub id such as t5-small"
+            f"{', '.join(catalog.WARM_STARTED)} (warm-started from an encoder), "
+            f"{', '.join(catalog.RNN_SEQ2SEQ_MODELS)} (recurrent baselines) or a Hub id such as t5-small"
         )
     task.use_model_family(ref.family)
     if ref.family == "recurrent":
         from nlptasks.models import recurrent
 
         return recurrent.build(task, catalog.RECURRENT_MODELS[ref.name], model_args, labels, train_examples)
+    if ref.name in catalog.RNN_SEQ2SEQ_MODELS:
+        from nlptasks.models import rnn_seq2seq
+
+        return rnn_seq2seq.build(task, catalog.RNN_SEQ2SEQ_MODELS[ref.name], model_args, train_examples)
     if ref.name in catalog.T5_SIZES:
         from nlptasks.models import t5
 
@@ -103,9 +110,9 @@ def _restore_backbone(model: PreTrainedModel, location: str, missing: Iterable[s
 
 def load(model_dir: Path, task: Task) -> tuple[PreTrainedModel, Any]:
     """A trained model and tokenizer from a run's `model/` folder, any family."""
+    from nlptasks.models import recurrent, rnn_seq2seq  # noqa: F401 - register the toolkit's own models with the Auto classes
+
     family = catalog.family_of(model_dir)
-    if family == "recurrent":
-        from nlptasks.models import recurrent  # noqa: F401 - registers the baselines with the Auto classes
     task.use_model_family(family)
     model = getattr(transformers, task.auto_model).from_pretrained(model_dir)
     return model, load_tokenizer(str(model_dir), family, task.generates)
