@@ -15,7 +15,7 @@ import datasets
 import pytest
 import test_generation
 import torch
-from test_generation import PAIRS, recipe, write_rows
+from test_generation import PAIRS, pairs_to_learn_by_heart, recipe
 from transformers import LlamaForCausalLM
 
 import nlptasks
@@ -225,13 +225,10 @@ def test_a_tiny_decoder_overfits_real_multi30k_pairs_to_a_high_bleu(data_dir: Pa
 
     About 70 s on one CPU thread, nearly all of it in SmolLM2's 49,152-token output layer.
     """
-    lines = (data_dir / "translation" / "multi30k" / "train.jsonl").read_text(encoding="utf-8").splitlines()[:24]
-    pairs = write_rows(tmp_path / "pairs.jsonl", [json.loads(line) for line in lines])
-    files = {"train": pairs, "validation": pairs, "test": pairs}
     result = nlptasks.run(
         recipe(
             "translation",
-            files,
+            pairs_to_learn_by_heart(data_dir, tmp_path, 24),
             str(tiny_llama),
             tmp_path / "run",
             task_args={"prefix": INSTRUCTION, "packing": True},

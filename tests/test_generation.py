@@ -48,6 +48,13 @@ def pair_rows(repeat: int = 1) -> list[dict[str, Any]]:
     return [{"translation": {"en": en, "de": de}} for en, de in PAIRS] * repeat
 
 
+def pairs_to_learn_by_heart(data_dir: Path, folder: Path, count: int) -> dict[str, Path]:
+    """The first `count` real Multi30k training pairs as train, validation and test at once (overfitting tests)."""
+    lines = (data_dir / "translation" / "multi30k" / "train.jsonl").read_text(encoding="utf-8").splitlines()[:count]
+    pairs = write_rows(folder / "pairs.jsonl", [json.loads(line) for line in lines])
+    return {"train": pairs, "validation": pairs, "test": pairs}
+
+
 @pytest.fixture
 def translation_files(tmp_path: Path) -> dict[str, Path]:
     return {
@@ -311,13 +318,10 @@ def test_summarization_with_a_warm_started_tiny_bert2bert_end_to_end(
 @pytest.mark.integration
 def test_tiny_t5_overfits_real_multi30k_pairs_to_near_perfect_bleu(data_dir: Path, tmp_path: Path) -> None:
     """Three dozen real pairs learnt by heart: the loss, the targets, generation and detokenization all work."""
-    lines = (data_dir / "translation" / "multi30k" / "train.jsonl").read_text(encoding="utf-8").splitlines()[:36]
-    pairs = write_rows(tmp_path / "pairs.jsonl", [json.loads(line) for line in lines])
-    files = {"train": pairs, "validation": pairs, "test": pairs}
     result = nlptasks.run(
         recipe(
             "translation",
-            files,
+            pairs_to_learn_by_heart(data_dir, tmp_path, 36),
             "t5-tiny",
             tmp_path / "run",
             model_args={"dropout_rate": 0.0},
