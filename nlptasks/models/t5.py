@@ -7,10 +7,14 @@ sequence-classification, token-classification and question-answering heads), so 
 can have a T5 row without the Hub.
 
 The tokenizer is SentencePiece-style, trained by the `tokenizers` library on every text of the
-training split (`Task.corpus`: source and target alike): NFKC, runs of whitespace as one space,
-`▁` marking word starts (Metaspace), a Unigram language-model vocabulary, and `</s>` appended
-to every input. Special ids follow T5: `<pad>` 0 (also the decoder start), `</s>` 1, `<unk>` 2.
-It is saved with the run, so `nlptasks.load` and bare `transformers` read it back.
+training split (`Task.corpus`: the task's text columns, source and target alike): NFKC, runs of
+whitespace as one space, `▁` marking word starts (Metaspace), a Unigram language-model
+vocabulary, and `</s>` appended to every input. Words are split at whitespace before the `▁` is
+added, so a word's first piece has the word's own character offsets, not the space before it:
+QA answers and NER entities cut from the text by offsets carry no leading space. Special ids
+follow T5: `<pad>` 0 (also the decoder start), `</s>` 1, `<unk>` 2. It is saved with the run,
+so `nlptasks.load` and bare `transformers` read it back. The `tokenizers` Unigram trainer is
+not deterministic (piece scores and order vary slightly between runs), so neither are runs.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from tokenizers.models import Unigram
 from transformers import PreTrainedModel, PreTrainedTokenizerFast, T5Config
 
 from nlptasks import catalog
+from nlptasks.errors import RecipeError
 from nlptasks.recipe import Section, validate_section
 from nlptasks.tasks.base import Task
 
@@ -80,10 +85,17 @@ def train_unigram_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrained
     unigram.normalizer = normalizers.Sequence(
         [normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()]
     )
-    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    unigram.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace()])
     unigram.decoder = decoders.Metaspace()
     trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), unk_token="<unk>")
-    unigram.train_from_iterator(texts, trainer)
+    try:
+        unigram.train_from_iterator(texts, trainer)
+    except Exception as err:  # `tokenizers` raises a bare Exception
+        if "not large enough" not in str(err):
+            raise
+        raise RecipeError(
+            f"model_args.vocab_size: {vocab_size} pieces cannot hold every character of the training text; raise it"
+        ) from None
     end = unigram.token_to_id("</s>")
     unigram.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", end)]
