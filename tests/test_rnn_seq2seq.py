@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_generation import DIALOGUES, PAIRS, pair_rows, recipe, write_rows
+from test_generation import DIALOGUES, PAIRS, pair_rows, pairs_to_learn_by_heart, recipe, write_rows
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 import nlptasks
@@ -247,13 +247,10 @@ def test_a_tiny_run_trains_evaluates_predicts_and_loads_with_bare_transformers(
 @pytest.mark.integration
 def test_lstm_attention_overfits_real_multi30k_pairs_to_a_high_bleu(data_dir: Path, tmp_path: Path) -> None:
     """Three dozen real pairs learnt by heart: encoder, attention, teacher forcing and beam search all work."""
-    lines = (data_dir / "translation" / "multi30k" / "train.jsonl").read_text(encoding="utf-8").splitlines()[:36]
-    pairs = write_rows(tmp_path / "pairs.jsonl", [json.loads(line) for line in lines])
-    files = {"train": pairs, "validation": pairs, "test": pairs}
     result = nlptasks.run(
         recipe(
             "translation",
-            files,
+            pairs_to_learn_by_heart(data_dir, tmp_path, 36),
             "lstm-attention",
             tmp_path / "run",
             model_args={"embedding_dim": 128, "hidden_size": 128, "dropout": 0.0, "vocab_size": 1000},
