@@ -32,13 +32,7 @@ TRAIN_WORDS = ["Angela", "Merkel", "visited", "Paris", ".", "U.S.", "officials",
 SMALL = {"embedding_dim": 8, "hidden_size": 12, "char_dim": 6, "char_hidden": 7, "dropout": 0.1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread avoids thread hand-off costs that dominate on a busy machine (~10x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_tokenizer(**options) -> BiRNNTokenizer:

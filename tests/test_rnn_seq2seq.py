@@ -26,13 +26,7 @@ START, EOS, A, B = 0, 1, 3, 4
 """Token ids of the hand-built model: the decoder start (also padding), the end of sequence, two words."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread avoids thread hand-off costs that dominate on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_model(cell: str = "lstm", attention: str = "luong", **options) -> RNNSeq2SeqForConditionalGeneration:

@@ -9,7 +9,6 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-import torch
 from conftest import SENTENCES
 from test_qa import dataset, drink_rows, perfect_logits, qa, qa_recipe, row, write_jsonl
 from transformers import T5ForQuestionAnswering, T5ForSequenceClassification, T5ForTokenClassification
@@ -25,13 +24,7 @@ TINY_VOCAB = {"vocab_size": 120}
 """Pieces for tokenizers learnt from the tiny test texts (t5-tiny asks for 2,000, more than they hold)."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread avoids thread hand-off costs that dominate on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ner_examples() -> datasets.Dataset:
