@@ -19,7 +19,8 @@ in the shared core and decodes through `generate` (greedy, beam search, sampling
 generation setting). Its "cache" is the decoder's RNN state, returned as `past_key_values`:
 each step feeds one new token and that state, never the whole prefix again. Beam search
 reorders it by `_reorder_cache` (the state rows of the beams kept), and the encoder's outputs
-are computed once and copied per beam by `generate` itself.
+are computed once and copied per beam by `generate` itself. A run's `model/` loads with
+`AutoModelForSeq2SeqLM.from_pretrained` once this module is imported (the import registers it).
 """
 
 from __future__ import annotations
