@@ -148,6 +148,9 @@ def run(recipe: Recipe) -> RunResult:
         return _run_untrained(recipe, task, untrained, splits, run_dir, main=args.process_index == 0)
     labels = _labels(task, splits)
     model, tokenizer = models.build(recipe.model, recipe.model_args, task, labels, splits["train"])
+    resume_from = get_last_checkpoint(str(run_dir.checkpoints)) if recipe.train.resume else None
+    if resume_from:  # the ids its weights learnt: a tokenizer learnt from the data (T5 sizes) varies between runs
+        tokenizer = models.load_tokenizer(resume_from, catalog.family_of(resume_from))
     if task.generates:
         generation.configure(model, recipe.generation)
     label2id = {label: i for i, label in enumerate(labels)}
@@ -173,7 +176,6 @@ def run(recipe: Recipe) -> RunResult:
     )
     if trainer.is_world_process_zero():
         write_atomic(run_dir.recipe, dump_recipe(recipe))
-    resume_from = get_last_checkpoint(str(run_dir.checkpoints)) if recipe.train.resume else None
     if resume_from:
         log.info("resuming from %s", resume_from)
     started = time.perf_counter()
