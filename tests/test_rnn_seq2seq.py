@@ -237,6 +237,17 @@ def test_a_tiny_run_trains_evaluates_predicts_and_loads_with_bare_transformers(
     assert isinstance(shown["summary" if task == "summarization" else "translation"], str)
 
 
+def test_a_rerun_resumes_with_the_tokenizer_its_checkpoint_learnt(tmp_path: Path) -> None:
+    """The Unigram trainer is not deterministic: a tokenizer learnt afresh could give the saved weights other ids."""
+    files = data_files(tmp_path, "translation")
+    first = recipe("translation", files, "gru-attention", tmp_path / "run", model_args=TINY, eval={"splits": ["test"]})
+    nlptasks.run(first)
+    [checkpoint] = (tmp_path / "run" / "checkpoints").glob("checkpoint-*")
+    learnt = AutoTokenizer.from_pretrained(checkpoint).get_vocab()
+    result = nlptasks.run({**first, "train": {**first["train"], "epochs": 2}})
+    assert AutoTokenizer.from_pretrained(result.run_dir / "model").get_vocab() == learnt
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_lstm_attention_overfits_real_multi30k_pairs_to_a_high_bleu(data_dir: Path, tmp_path: Path) -> None:
