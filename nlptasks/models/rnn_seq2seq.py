@@ -123,8 +123,9 @@ class Attention(nn.Module):
 
     def __init__(self, kind: str, query_size: int, memory_size: int) -> None:
         super().__init__()
+        self.additive = kind == "bahdanau"
         self.keys = nn.Linear(memory_size, query_size, bias=False)  # W_k
-        if kind == "bahdanau":
+        if self.additive:
             self.query = nn.Linear(query_size, query_size)  # W_q
             self.energy = nn.Linear(query_size, 1, bias=False)  # v
 
@@ -133,7 +134,7 @@ class Attention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Context vectors (batch, target, memory size) and weights (batch, target, source); padding gets none."""
         keys = self.keys(memory)  # (batch, source, query size)
-        if hasattr(self, "energy"):
+        if self.additive:
             scores = self.energy(torch.tanh(self.query(queries).unsqueeze(2) + keys.unsqueeze(1))).squeeze(-1)
         else:
             scores = queries @ keys.transpose(1, 2)
@@ -157,10 +158,11 @@ class RNNAttentionDecoder(nn.Module):
         self, embedded: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor, state: RNNState
     ) -> tuple[torch.Tensor, RNNState]:
         """Attentional vectors (batch, target, embedding) and the state after the last target token."""
-        outputs, state = self.rnn(self.dropout(embedded), state if len(state) == 2 else state[0])
+        lstm = isinstance(self.rnn, nn.LSTM)  # takes and returns (h, c); a GRU takes and returns h
+        outputs, rnn_state = self.rnn(self.dropout(embedded), state if lstm else state[0])
         context, _ = self.attention(outputs, memory, mask)
         attentional = torch.tanh(self.combine(torch.cat([outputs, context], -1)))
-        return self.dropout(attentional), state if isinstance(state, tuple) else (state,)
+        return self.dropout(attentional), rnn_state if lstm else (rnn_state,)
 
 
 class RNNSeq2SeqPreTrainedModel(PreTrainedModel):
