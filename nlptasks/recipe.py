@@ -8,6 +8,7 @@ key path and, where one is close, a "did you mean" suggestion.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from nlptasks.errors import RecipeError, did_you_mean
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """Safe YAML where only true/false are booleans (YAML 1.2): `eval_strategy: no` means the word, not false."""
+
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_RecipeLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 class Section(BaseModel):
@@ -208,7 +225,7 @@ def dump_recipe(recipe: Recipe) -> str:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -257,7 +274,7 @@ def parse_overrides(overrides: dict[str, Any] | list[str] | None) -> dict[str, A
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=1")
-        parsed[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        parsed[key.strip()] = _load_yaml(value) if value.strip() else None
     return parsed
 
 

@@ -100,6 +100,13 @@ def test_bad_set_syntax_and_unknown_recipe() -> None:
         load_recipe("ner/minlm")
 
 
+def test_yes_and_no_are_words_while_booleans_still_parse(tmp_path: Path) -> None:
+    path = write(tmp_path / "r.yaml", "extends: " + str(RECIPES_DIR / "ner/minilm.yaml") + "\ntrain: {eval_strategy: no}\n")
+    assert load_recipe(path).train.eval_strategy == "no"
+    recipe = load_recipe("ner/minilm", ["train.eval_strategy=no", "train.resume=no", "train.group_by_length=false"])
+    assert recipe.train.eval_strategy == "no" and recipe.train.resume is False and recipe.train.group_by_length is False
+
+
 def test_task_args_are_validated_by_the_task() -> None:
     from nlptasks.tasks import task_for
 
