@@ -63,7 +63,7 @@ def test_forward_gives_next_token_logits_and_a_loss_with_gradients(cell: str, at
     model = random_model(cell, attention).train()
     output = model(**source_batch(), labels=LABELS)
     assert output.logits.shape == (3, 4, 30) and output.encoder_last_hidden_state.shape == (3, 5, 2 * 12)
-    assert output.past_key_values is None  # the decoder state is returned only to `generate` (use_cache)
+    assert output.cache is None  # the decoder state is returned only to `generate` (use_cache)
     output.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert model.encoder.embeddings.weight.grad.abs().sum() > 0

@@ -16,7 +16,7 @@ sides of the training split and saved with the run.
 The model is written here because `transformers` has no RNN encoder-decoder. As a
 `PreTrainedModel` with `GenerationMixin`, registered with `AutoModelForSeq2SeqLM`, it trains
 in the shared core and decodes through `generate` (greedy, beam search, sampling, every
-generation setting). Its "cache" is the decoder's RNN state, returned as `past_key_values`:
+generation setting). Its cache is the decoder's RNN state, returned as `cache` (transformers ≥ 5.24's name):
 each step feeds one new token and that state, never the whole prefix again. Beam search
 reorders it by `_reorder_cache` (the state rows of the beams kept), and the encoder's outputs
 are computed once and copied per beam by `generate` itself. A run's `model/` loads with
@@ -188,7 +188,7 @@ class RNNSeq2SeqForConditionalGeneration(RNNSeq2SeqPreTrainedModel, GenerationMi
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
-        """No attention key/value cache: `generate` must leave `past_key_values` to the model (its RNN state)."""
+        """No attention key/value cache: `generate` must leave `cache` to the model (its RNN state)."""
         return False
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -206,7 +206,7 @@ class RNNSeq2SeqForConditionalGeneration(RNNSeq2SeqPreTrainedModel, GenerationMi
         attention_mask: torch.Tensor | None = None,
         decoder_input_ids: torch.Tensor | None = None,
         encoder_outputs: RNNEncoderOutput | None = None,
-        past_key_values: RNNState | None = None,
+        cache: RNNState | None = None,
         labels: torch.Tensor | None = None,
         use_cache: bool | None = None,
         **kwargs: Any,
@@ -215,7 +215,7 @@ class RNNSeq2SeqForConditionalGeneration(RNNSeq2SeqPreTrainedModel, GenerationMi
 
         Training passes `labels` (decoder inputs are those shifted right after the start token);
         `generate` passes the encoder outputs once, then one new token and the state returned
-        last time (`past_key_values`, only returned with `use_cache`).
+        last time (`cache`, only returned with `use_cache`).
         """
         if encoder_outputs is None:
             encoder_outputs = self.encoder(input_ids, attention_mask)
@@ -225,7 +225,7 @@ class RNNSeq2SeqForConditionalGeneration(RNNSeq2SeqPreTrainedModel, GenerationMi
         mask = torch.ones(memory.shape[:2], dtype=torch.bool, device=memory.device)
         if attention_mask is not None:
             mask = attention_mask.bool()
-        state = past_key_values if past_key_values is not None else self._initial_state(encoder_outputs)
+        state = cache if cache is not None else self._initial_state(encoder_outputs)
         hidden, state = self.decoder(self.encoder.embeddings(decoder_input_ids), memory, mask, state)
         logits = self.lm_head(hidden)
         loss = None
@@ -233,7 +233,7 @@ class RNNSeq2SeqForConditionalGeneration(RNNSeq2SeqPreTrainedModel, GenerationMi
             flat = logits.flatten(0, 1).float()
             loss = fixed_cross_entropy(flat, labels.flatten(), kwargs.get("num_items_in_batch"))
         return Seq2SeqLMOutput(
-            loss=loss, logits=logits, past_key_values=state if use_cache else None, encoder_last_hidden_state=memory
+            loss=loss, logits=logits, cache=state if use_cache else None, encoder_last_hidden_state=memory
         )
 
     def _initial_state(self, encoder_outputs: RNNEncoderOutput) -> RNNState:
@@ -241,9 +241,9 @@ class RNNSeq2SeqForConditionalGeneration(RNNSeq2SeqPreTrainedModel, GenerationMi
         hidden = encoder_outputs.initial_state.transpose(0, 1).contiguous()  # (layers, batch, hidden)
         return (hidden, torch.zeros_like(hidden)) if self.config.cell == "lstm" else (hidden,)
 
-    def _reorder_cache(self, past_key_values: RNNState, beam_idx: torch.Tensor) -> RNNState:
+    def _reorder_cache(self, cache: RNNState, beam_idx: torch.Tensor) -> RNNState:
         """The state rows of the beams beam search keeps, in its new order."""
-        return tuple(state.index_select(1, beam_idx.to(state.device)) for state in past_key_values)
+        return tuple(state.index_select(1, beam_idx.to(state.device)) for state in cache)
 
 
 def _rnn(config: RNNSeq2SeqConfig, input_size: int, bidirectional: bool) -> nn.RNNBase:
