@@ -74,15 +74,6 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 @pytest.fixture
-def one_thread():
-    """The recurrent models here are tiny: one thread avoids hand-off costs that dominate on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
 def qa_files(tmp_path: Path) -> dict[str, Path]:
     return {
         "train": write_jsonl(tmp_path / "train.jsonl", drink_rows(32)),

@@ -101,7 +101,7 @@ def test_bad_set_syntax_and_unknown_recipe() -> None:
 
 
 def test_yes_and_no_are_words_while_booleans_still_parse(tmp_path: Path) -> None:
-    path = write(tmp_path / "r.yaml", "extends: " + str(RECIPES_DIR / "ner/minilm.yaml") + "\ntrain: {eval_strategy: no}\n")
+    path = write(tmp_path / "r.yaml", f"extends: {RECIPES_DIR / 'ner/minilm.yaml'}\ntrain: {{eval_strategy: no}}\n")
     assert load_recipe(path).train.eval_strategy == "no"
     recipe = load_recipe("ner/minilm", ["train.eval_strategy=no", "train.resume=no", "train.group_by_length=false"])
     assert recipe.train.eval_strategy == "no" and recipe.train.resume is False and recipe.train.group_by_length is False
