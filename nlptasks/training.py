@@ -147,7 +147,8 @@ def run(recipe: Recipe) -> RunResult:
     if untrained is not None:
         return _run_untrained(recipe, task, untrained, splits, run_dir, main=args.process_index == 0)
     labels = _labels(task, splits)
-    model, tokenizer = models.build(recipe.model, recipe.model_args, task, labels, splits["train"])
+    with args.main_process_first(desc="model"):  # a tokenizer learnt from the data is learnt once, by the main process
+        model, tokenizer = models.build(recipe.model, recipe.model_args, task, labels, splits["train"])
     resume_from = get_last_checkpoint(str(run_dir.checkpoints)) if recipe.train.resume else None
     if resume_from:  # the ids its weights learnt: a tokenizer learnt from the data (T5 sizes) varies between runs
         tokenizer = models.load_tokenizer(resume_from, catalog.family_of(resume_from))

@@ -66,6 +66,24 @@ def test_qa_answers_come_from_the_contexts_own_characters_without_the_space_befo
         assert prediction["answer"] == expected == context[prediction["start"] : prediction["end"]]
 
 
+def test_a_tokenizer_is_learnt_once_per_text_and_size_and_read_back_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainer is not deterministic: the processes of a distributed run must share the main one's tokenizer."""
+    monkeypatch.setenv("NLPTASKS_CACHE", str(tmp_path))
+    texts = [" ".join(words) for words, _ in SENTENCES]
+    learnt = train_unigram_tokenizer(texts, **TINY_VOCAB)
+    reread = train_unigram_tokenizer(iter(texts), **TINY_VOCAB)
+    assert reread.get_vocab() == learnt.get_vocab() and len(list((tmp_path / "tokenizers").iterdir())) == 1
+    for text in texts:
+        ours, theirs = learnt(text, return_offsets_mapping=True), reread(text, return_offsets_mapping=True)
+        assert ours["input_ids"] == theirs["input_ids"] and ours["offset_mapping"] == theirs["offset_mapping"]
+    assert (reread.pad_token_id, reread.eos_token_id, reread.unk_token_id) == (0, 1, 2)
+    train_unigram_tokenizer(texts[:-1], **TINY_VOCAB)
+    train_unigram_tokenizer(texts, vocab_size=TINY_VOCAB["vocab_size"] + 10)
+    assert len(list((tmp_path / "tokenizers").iterdir())) == 3  # other texts, other size: learnt anew
+
+
 def test_the_builder_learns_its_tokenizer_from_each_tasks_text_columns(monkeypatch: pytest.MonkeyPatch) -> None:
     learnt_from: list[list[str]] = []
 

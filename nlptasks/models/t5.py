@@ -14,12 +14,18 @@ added, so a word's first piece has the word's own character offsets, not the spa
 QA answers and NER entities cut from the text by offsets carry no leading space. Special ids
 follow T5: `<pad>` 0 (also the decoder start), `</s>` 1, `<unk>` 2. It is saved with the run,
 so `nlptasks.load` and bare `transformers` read it back. The `tokenizers` Unigram trainer is
-not deterministic (piece scores and order vary slightly between runs), so neither are runs.
+not deterministic (piece scores and order vary slightly between runs), so a tokenizer is learnt
+once per training text and size and kept in the cache folder: later runs on the same data, and
+every process of a distributed run, read that one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -80,7 +86,31 @@ def build(
 
 
 def train_unigram_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A SentencePiece-style Unigram tokenizer learnt from `texts` (see the module docstring)."""
+    """A SentencePiece-style Unigram tokenizer learnt from `texts`, or the one learnt before from the same texts.
+
+    Kept under a digest of the texts and size: the processes of a distributed run build their
+    models main process first, so the others read its tokenizer instead of learning a different one.
+    """
+    texts = list(texts)
+    digest = hashlib.sha256(f"unigram {vocab_size}".encode())
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\0")
+    folder = catalog.cache_dir() / "tokenizers" / f"unigram-{digest.hexdigest()[:24]}"
+    if (folder / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(folder)
+    tokenizer = _learn_unigram(texts, vocab_size)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    tokenizer.save_pretrained(staging)
+    try:
+        staging.rename(folder)
+    except OSError:  # another process published the same texts' tokenizer first
+        shutil.rmtree(staging, ignore_errors=True)
+    return tokenizer
+
+
+def _learn_unigram(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """See the module docstring for the normalisation and pre-tokenization."""
     unigram = Tokenizer(Unigram())
     unigram.normalizer = normalizers.Sequence(
         [normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()]
