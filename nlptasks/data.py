@@ -101,7 +101,7 @@ def _checked_rows(
 
     task = TASKS[task_name]
     for where, raw in read_rows(Path(path)):
-        row = {dict(renames).get(key, key): value for key, value in raw.items()}
+        row = task.shaped_row({dict(renames).get(key, key): value for key, value in raw.items()})
         missing = [column for column in (task.input_column, task.target_column) if column not in row]
         if missing:
             raise DataError(
@@ -253,7 +253,7 @@ def _hub_row_checker(task: Task, source: str) -> Any:
 
     def check(row: dict[str, Any], index: int) -> dict[str, Any]:
         try:
-            return task.check_row(row, None)
+            return task.check_row(task.shaped_row(row), None)
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"{source} row {index}: {err}") from None
 

@@ -253,6 +253,22 @@ def test_a_bad_row_is_an_error_naming_file_line_and_field(tmp_path: Path, task: 
         load_splits(DataConfig(train_file=path), task_class(task_class.Options(), 64, 0))
 
 
+def test_flat_language_columns_read_as_nested_translation_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One column per language, as CSV files and the Hub's bentrevett/multi30k hold them."""
+    task = Translation(TranslationOptions(), 64, 0)
+    nested = load_splits(DataConfig(train_file=write_rows(tmp_path / "nested.jsonl", pair_rows())), task)["train"]
+    flat_rows = [{"id": str(i), **row["translation"]} for i, row in enumerate(pair_rows())]
+    flat_jsonl = write_rows(tmp_path / "flat.jsonl", flat_rows)
+    flat_csv = tmp_path / "flat.csv"
+    flat_csv.write_text("en,de\n" + "".join(f'"{en}","{de}"\n' for en, de in PAIRS), encoding="utf-8")
+    for path in (flat_jsonl, flat_csv):
+        assert load_splits(DataConfig(train_file=path), task)["train"]["translation"] == nested["translation"]
+    hub = datasets.DatasetDict({"train": datasets.Dataset.from_list([row["translation"] for row in pair_rows()])})
+    monkeypatch.delenv("NLPTASKS_DATA_DIR", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", lambda hub_id, config: {"bentrevett/multi30k": hub}[hub_id])
+    assert load_splits(DataConfig(name="multi30k"), task)["train"]["translation"] == nested["translation"]
+
+
 def test_a_language_the_rows_lack_is_an_error_naming_the_settings(translation_files, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="example 0 has no 'fr' text in field 'translation' .*task_args.target_lang"):
         nlptasks.run(

@@ -95,6 +95,11 @@ class Task(ABC):
         """Arrow schema of canonical rows."""
 
     @classmethod
+    def shaped_row(cls, row: dict[str, Any]) -> dict[str, Any]:
+        """The row in this task's own layout, for tasks whose data also comes in another (Hub) layout."""
+        return row
+
+    @classmethod
     @abstractmethod
     def check_row(cls, row: dict[str, Any], label_names: list[str] | None) -> dict[str, Any]:
         """A canonical row (only the task's columns, labels as names); ValueError names the field."""

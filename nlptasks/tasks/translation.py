@@ -1,9 +1,11 @@
 """Translation from one language of parallel rows into another (Multi30k English to German by default).
 
 Rows are Hub-style `{"translation": {"en": "...", "de": "..."}}` objects with two or more
-languages, every text non-empty; they are stored as `[{language, text}, ...]` so one schema
-holds any language pair. The direction is `task_args.source_lang` -> `task_args.target_lang`
-(`source_lang: de, target_lang: en` translates the same data the other way).
+languages, or flat rows with one column per language (`{"en": "...", "de": "..."}`, as CSV files
+and the Hub's `bentrevett/multi30k` hold them), every text non-empty; they are stored as
+`[{language, text}, ...]` so one schema holds any language pair. The direction is
+`task_args.source_lang` -> `task_args.target_lang` (`source_lang: de, target_lang: en`
+translates the same data the other way).
 
 Metrics on sacreBLEU's 0-100 scale, computed on the detokenized generated text with its default
 settings: `bleu` (corpus BLEU, `13a` tokenizer, exponential smoothing) and `chrf` (character
@@ -59,6 +61,13 @@ class Translation(Seq2SeqTask):
         return datasets.Features(
             {"translation": [{"language": datasets.Value("string"), "text": datasets.Value("string")}]}
         )
+
+    @classmethod
+    def shaped_row(cls, row: dict[str, Any]) -> dict[str, Any]:
+        """A flat row's text columns (every column but `id`) as its `translation` languages."""
+        if "translation" in row:
+            return row
+        return {"translation": {code: text for code, text in row.items() if code != "id"}}
 
     @classmethod
     def check_row(cls, row: dict[str, Any], label_names: list[str] | None) -> dict[str, Any]:
