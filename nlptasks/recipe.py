@@ -99,6 +99,8 @@ class TrainConfig(Section):
     resume: bool = True
     """Continue from the last checkpoint in the run directory when one exists."""
     num_workers: int = Field(default=0, ge=0)
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory for about a third more time."""
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -153,13 +155,30 @@ class GenerationSettings(Section):
         return self
 
 
+class AdapterOptions(Section):
+    """LoRA settings (`method: lora`); `--set adapter.r=16` overrides one."""
+
+    r: int = Field(default=8, gt=0)
+    """Rank of each low-rank update."""
+    alpha: float = Field(default=16, gt=0)
+    """Scale of the update (alpha / r multiplies it)."""
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] | None = None
+    """Names (or dotted suffixes) of the linear layers adapted; unset: the architecture's projections."""
+    modules_to_save: list[str] | None = None
+    """Modules trained in full and saved with the adapter; unset: those the checkpoint lacked (the task head)."""
+
+
 class Recipe(Section):
     description: str = ""
     task: str
     model: str
     model_args: dict[str, Any] = {}
     """Settings of the model builder (recurrent baseline sizes, dropout, ...)."""
-    method: Literal["full"] = "full"
+    method: Literal["full", "lora", "qlora"] = "full"
+    """`full` trains every weight; `lora` low-rank adapters and the task head (`adapter` section);
+    `qlora` the same over base weights held in 4-bit NF4 (bitsandbytes)."""
+    adapter: AdapterOptions = AdapterOptions()
     task_args: dict[str, Any] = {}
     """Settings only one task understands (validated by that task)."""
     output_dir: Path | None = None

@@ -26,7 +26,7 @@ from transformers.integrations import TensorBoardCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
-from nlptasks import catalog, models
+from nlptasks import adapters, catalog, models
 from nlptasks.data import load_splits, pad_batch
 from nlptasks.errors import DataError
 from nlptasks.models import generation
@@ -148,9 +148,10 @@ def run(recipe: Recipe) -> RunResult:
         return _run_untrained(recipe, task, untrained, splits, run_dir, main=args.process_index == 0)
     labels = _labels(task, splits)
     with args.main_process_first(desc="model"):  # a tokenizer learnt from the data is learnt once, by the main process
-        model, tokenizer = models.build(recipe.model, recipe.model_args, task, labels, splits["train"])
+        adaptation = _adaptation(recipe)
+        model, tokenizer = models.build(recipe.model, recipe.model_args, task, labels, splits["train"], adaptation)
     resume_from = get_last_checkpoint(str(run_dir.checkpoints)) if recipe.train.resume else None
-    if resume_from:  # the ids its weights learnt: a tokenizer learnt from the data (T5 sizes) varies between runs
+    if resume_from and adaptation is None:  # the ids its weights learnt, should the data's tokenizer differ now
         tokenizer = models.load_tokenizer(resume_from, catalog.family_of(resume_from))
     if task.generates:
         generation.configure(model, recipe.generation)
@@ -191,10 +192,21 @@ def run(recipe: Recipe) -> RunResult:
             trainer, task, splits[split], features[split], run_dir if recipe.eval.write_predictions else None, split
         )
     if trainer.is_world_process_zero():
-        run_dir.publish_model(lambda folder: (trainer.model.save_pretrained(folder), tokenizer.save_pretrained(folder)))
+        run_dir.publish_model(lambda folder: (adapters.save(trainer.model, folder), tokenizer.save_pretrained(folder)))
         run_dir.write_metrics(metrics)
         write_atomic(run_dir.summary, summary(recipe, metrics, model))
     return RunResult(run_dir.root, metrics, recipe)
+
+
+def _adaptation(recipe: Recipe) -> adapters.Adaptation | None:
+    if recipe.method == "full":
+        return None
+    return adapters.Adaptation(
+        recipe.adapter,
+        quantized=recipe.method == "qlora",
+        compute_dtype=torch.bfloat16 if resolve_precision(recipe.train.precision) == "bf16" else torch.float32,
+        gradient_checkpointing=recipe.train.gradient_checkpointing,
+    )
 
 
 def _run_untrained(
@@ -301,6 +313,7 @@ def training_arguments(recipe: Recipe, run_dir: RunDir, task: Task) -> TrainingA
         logging_steps=train.logging_steps,
         report_to="none",
         dataloader_num_workers=train.num_workers,
+        gradient_checkpointing=train.gradient_checkpointing,
         label_names=list(task.label_names),
     )
 

@@ -22,19 +22,28 @@ from typing import Any
 
 import datasets
 import transformers
+from peft import PeftConfig, PeftModel
 from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedModel
 
-from nlptasks import catalog
+from nlptasks import adapters, catalog
 from nlptasks.errors import RecipeError
 from nlptasks.tasks.base import Task
 
 
 def build(
-    model_name: str, model_args: dict[str, Any], task: Task, labels: list[str], train_examples: datasets.Dataset
+    model_name: str,
+    model_args: dict[str, Any],
+    task: Task,
+    labels: list[str],
+    train_examples: datasets.Dataset,
+    adaptation: adapters.Adaptation | None = None,
 ) -> tuple[PreTrainedModel, Any]:
-    """A fresh model with the task's head sized to `labels`, and its tokenizer."""
+    """A fresh model with the task's head sized to `labels`, and its tokenizer; LoRA-wrapped with `adaptation`."""
     ref = catalog.resolve_model(model_name)
+    if adaptation and (ref.family == "recurrent" or ref.name in {*catalog.T5_SIZES, *catalog.WARM_STARTED}):
+        fresh = "new cross-attention" if ref.name in catalog.WARM_STARTED else "random weights"
+        raise RecipeError(f"method: LoRA adapts pretrained weights; '{model_name}' has {fresh}: use method: full")
     if task.generates and ref.family not in ("seq2seq", "decoder"):
         decoders = [name for name, entry in catalog.MODELS.items() if entry.family == "decoder"]
         raise RecipeError(
@@ -61,9 +70,14 @@ def build(
         return _warm_started(ref.location, model_args)
     tokenizer = load_tokenizer(ref.location, ref.family, task.generates)
     auto_class = getattr(transformers, task.auto_model)
-    model, loading = auto_class.from_pretrained(ref.location, output_loading_info=True, **_head(labels), **model_args)
-    _restore_backbone(model, ref.location, loading["missing_keys"])
+    quantization = adapters.quantization(adaptation)
+    model, loading = auto_class.from_pretrained(
+        ref.location, output_loading_info=True, **_head(labels), **quantization, **model_args
+    )
+    fresh = _restore_backbone(model, ref.location, loading["missing_keys"])
     model.config.pad_token_id = tokenizer.pad_token_id
+    if adaptation:
+        return adapters.with_lora(model, adaptation, task.auto_model, fresh), tokenizer
     return model, tokenizer
 
 
@@ -96,16 +110,19 @@ def _warm_started(location: str, model_args: dict[str, Any]) -> tuple[PreTrained
     return model, tokenizer
 
 
-def _restore_backbone(model: PreTrainedModel, location: str, missing: Iterable[str]) -> None:
+def _restore_backbone(model: PreTrainedModel, location: str, missing: Iterable[str]) -> list[str]:
     """Load pretrained backbone weights that the checkpoint stores under another prefix than the head class.
 
     `LlamaForQuestionAnswering` keeps its backbone as `transformer.` while causal-LM checkpoints
-    store `model.`, so `from_pretrained` silently leaves it random (transformers#30381).
+    store `model.`, so `from_pretrained` silently leaves it random (transformers#30381). Returns
+    the weights still fresh: the task head.
     """
     prefix = f"{model.base_model_prefix}."
-    if any(key.startswith(prefix) for key in missing):
-        backbone = transformers.AutoModel.from_pretrained(location)
-        model.base_model.load_state_dict(backbone.state_dict())
+    if not any(key.startswith(prefix) for key in missing):
+        return list(missing)
+    backbone = transformers.AutoModel.from_pretrained(location)
+    model.base_model.load_state_dict(backbone.state_dict())
+    return [key for key in missing if not key.startswith(prefix)]
 
 
 def load(model_dir: Path, task: Task) -> tuple[PreTrainedModel, Any]:
@@ -114,8 +131,17 @@ def load(model_dir: Path, task: Task) -> tuple[PreTrainedModel, Any]:
 
     family = catalog.family_of(model_dir)
     task.use_model_family(family)
-    model = getattr(transformers, task.auto_model).from_pretrained(model_dir)
-    return model, load_tokenizer(str(model_dir), family, task.generates)
+    auto_class = getattr(transformers, task.auto_model)
+    if not adapters.is_adapter_folder(model_dir):
+        return auto_class.from_pretrained(model_dir), load_tokenizer(str(model_dir), family, task.generates)
+    base = PeftConfig.from_pretrained(model_dir).base_model_name_or_path
+    model, loading = auto_class.from_pretrained(
+        base, config=transformers.AutoConfig.from_pretrained(model_dir), output_loading_info=True
+    )
+    _restore_backbone(model, base, loading["missing_keys"])
+    if (model_dir / "generation_config.json").is_file():
+        model.generation_config = transformers.GenerationConfig.from_pretrained(model_dir)
+    return PeftModel.from_pretrained(model, model_dir), load_tokenizer(str(model_dir), family, task.generates)
 
 
 def load_tokenizer(location: str, family: str, generates: bool = False) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from peft import PeftModel
 from transformers import GenerationConfig, PreTrainedModel
 
 from nlptasks.errors import RecipeError
@@ -34,6 +35,8 @@ def configure(model: PreTrainedModel, settings: GenerationSettings) -> None:
         raise RecipeError(
             f"model: {type(model).__name__} cannot generate text; this task needs an encoder-decoder or a causal LM"
         )
+    if isinstance(model, PeftModel):  # its `generate` decodes with the wrapped model's config
+        model = model.get_base_model()
     tokens = {key: _special_token(model, key) for key in SPECIAL_TOKENS}
     values = {key: value for key, value in tokens.items() if value is not None}
     model.generation_config = GenerationConfig(**values, **settings.model_dump(exclude_none=True))

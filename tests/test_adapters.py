@@ -1,0 +1,134 @@
+"""LoRA (`method: lora`): what gets adapters, what trains in full, what a run saves and loads back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import test_generation
+from peft import PeftModel
+from safetensors.torch import load_file
+
+import nlptasks
+from nlptasks import models
+from nlptasks.adapters import Adaptation
+from nlptasks.errors import RecipeError
+from nlptasks.recipe import load_recipe
+from nlptasks.tasks import task_for
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+translation_files = test_generation.translation_files
+
+
+def lora_recipe(ner_recipe, model: Path | str, **adapter: object) -> dict:
+    recipe = ner_recipe(model, epochs=3, learning_rate=5e-3)
+    return {**recipe, "method": "lora", "adapter": adapter}
+
+
+def test_a_lora_run_trains_adapters_and_the_head_and_saves_only_those(ner_recipe, tiny_bert: Path) -> None:
+    result = nlptasks.run(lora_recipe(ner_recipe, tiny_bert, r=4))
+    saved = result.run_dir / "model"
+    weights = load_file(saved / "adapter_model.safetensors")
+    assert not (saved / "model.safetensors").exists()
+    assert any("lora_A" in name for name in weights) and any("classifier" in name for name in weights)
+    assert not any("word_embeddings" in name for name in weights)  # the frozen base stays with the base model
+    adapted = {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name in weights if "lora_A" in name}
+    assert adapted == {"query", "key", "value", "dense"}  # attention and MLP projections of BERT
+    adapter_config = json.loads((saved / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(tiny_bert) and adapter_config["r"] == 4
+
+    predictor = nlptasks.load(result.run_dir)
+    assert isinstance(predictor.model, PeftModel)
+    assert nlptasks.evaluate(result.run_dir, "test")["f1"] == pytest.approx(result.metrics["test"]["f1"])
+
+
+def test_only_adapters_and_the_head_are_trainable_and_the_base_stays_frozen(ner_recipe, tiny_bert: Path) -> None:
+    recipe = load_recipe(lora_recipe(ner_recipe, tiny_bert))
+    task = task_for(recipe)
+    model, _ = models.build(str(tiny_bert), {}, task, ["O", "B-PER", "I-PER"], None, Adaptation(recipe.adapter))
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert trainable and all("lora_" in name or "classifier" in name for name in trainable)
+    total = sum(parameter.numel() for parameter in model.parameters())
+    assert sum(p.numel() for n, p in model.named_parameters() if n in trainable) < 0.2 * total
+
+
+def sentiment_recipe(model: Path, method: str, folder: Path) -> dict:
+    rows = [{"text": text, "label": label} for text, label in (("a fine film", "pos"), ("a dull film", "neg"))] * 8
+    data = folder / "train.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return {
+        "task": "classification",
+        "model": str(model),
+        "method": method,
+        "output_dir": str(folder / "run"),
+        "data": {"train_file": str(data), "validation_file": str(data), "test_file": str(data)},
+        "train": {"epochs": 1, "batch_size": 8, "precision": "fp32"},
+    }
+
+
+def test_a_decoder_classifier_keeps_its_score_head_trainable(tiny_llama: Path, tmp_path: Path) -> None:
+    result = nlptasks.run(sentiment_recipe(tiny_llama, "lora", tmp_path))
+    weights = load_file(result.run_dir / "model" / "adapter_model.safetensors")
+    assert any("score" in name for name in weights) and any("q_proj.lora_A" in name for name in weights)
+    assert any("gate_proj.lora_A" in name for name in weights)
+    assert nlptasks.load(result.run_dir).predict(["a fine film"])[0]["label"] in {"pos", "neg"}
+
+
+def test_qlora_holds_the_base_in_4_bit_nf4_and_trains_the_head_in_full(tiny_llama: Path, tmp_path: Path) -> None:
+    from bitsandbytes.nn import Linear4bit
+
+    recipe = load_recipe(sentiment_recipe(tiny_llama, "qlora", tmp_path))
+    adaptation = Adaptation(recipe.adapter, quantized=True, gradient_checkpointing=True)
+    model, _ = models.build(str(tiny_llama), {}, task_for(recipe), ["neg", "pos"], None, adaptation)
+    projection = model.get_base_model().model.layers[0].self_attn.q_proj
+    assert isinstance(projection.base_layer, Linear4bit) and projection.base_layer.weight.quant_type == "nf4"
+    assert projection.base_layer.weight.quant_state.nested  # double quantization
+    head = model.get_base_model().score
+    assert not isinstance(head, Linear4bit) and head.modules_to_save["default"].weight.requires_grad
+
+    recipe = sentiment_recipe(tiny_llama, "qlora", tmp_path)
+    result = nlptasks.run({**recipe, "train": {**recipe["train"], "gradient_checkpointing": True}})
+    weights = load_file(result.run_dir / "model" / "adapter_model.safetensors")
+    assert any("score" in name for name in weights) and any("lora_A" in name for name in weights)
+    assert result.metrics["train"]["train_loss"] > 0
+    assert nlptasks.load(result.run_dir).predict(["a fine film"])[0]["label"] in {"pos", "neg"}
+
+
+def test_a_lora_decoder_generates_with_the_recipes_decoding_settings(
+    translation_files, tiny_llama: Path, tmp_path: Path
+) -> None:
+    recipe = test_generation.recipe(
+        "translation",
+        translation_files,
+        str(tiny_llama),
+        tmp_path / "run",
+        train={"learning_rate": 5e-3},
+        generation={"num_beams": 2, "max_new_tokens": 3},
+    )
+    result = nlptasks.run({**recipe, "method": "lora"})
+    assert 0 < result.metrics["test"]["gen_len"] <= 3  # the recipe's length, not the checkpoint's default
+    predictor = nlptasks.load(result.run_dir)
+    assert isinstance(predictor.model, PeftModel)
+    written = [json.loads(line) for line in (result.run_dir / "predictions" / "test.jsonl").open()]
+    shown = predictor.predict([en for en, _ in test_generation.PAIRS])
+    assert [row["translation"] for row in shown] == [row["translation"] for row in written]
+
+
+@pytest.mark.parametrize(
+    ("adapter", "message"),
+    [
+        ({"target_modules": ["qury"]}, r"adapter.target_modules: 'qury' matches no linear layer.*did you mean 'query'"),
+        ({"r": 0}, r"adapter.r: .*greater than 0"),
+        ({"alhpa": 32}, r"adapter.alhpa: unknown key.*did you mean 'alpha'"),
+    ],
+)
+def test_bad_adapter_settings_fail_before_training(ner_recipe, tiny_bert: Path, adapter: dict, message: str) -> None:
+    with pytest.raises(RecipeError, match=message):
+        nlptasks.run(lora_recipe(ner_recipe, tiny_bert, **adapter))
+
+
+@pytest.mark.parametrize("model", ["bilstm", "t5-tiny"])
+def test_lora_of_a_model_without_pretrained_weights_is_a_recipe_error(ner_recipe, model: str) -> None:
+    with pytest.raises(RecipeError, match=f"method: LoRA adapts pretrained weights; '{model}' has random weights"):
+        nlptasks.run(lora_recipe(ner_recipe, model))
