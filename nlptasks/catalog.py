@@ -9,12 +9,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from nlptasks.errors import DataError, ModelNotFoundError, did_you_mean
+from nlptasks.rundir import publish_folder
 
 Family = Literal["encoder", "decoder", "seq2seq", "recurrent"]
 
@@ -151,11 +151,12 @@ def _dequantized_copy(folder: Path, gguf_file: str, target: Path) -> Path:
     model.config.quantization_config = None
     if hasattr(model, "is_quantized"):
         model.is_quantized = False
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial, safe_serialization=True)
-    tokenizer.save_pretrained(partial)
-    partial.rename(target)
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+    publish_folder(target, save)
     return target
 
 

@@ -51,14 +51,19 @@ class RunDir:
         return path
 
     def publish_model(self, save: Any) -> None:
-        """Save through `save(folder)` into a fresh folder, then swap it in place of `model/`."""
-        staging = Path(tempfile.mkdtemp(prefix=".model-", dir=self.root))
-        save(staging)
-        old = self.root / ".model-old"
-        if self.model.exists():
-            self.model.rename(old)
-        staging.rename(self.model)
-        shutil.rmtree(old, ignore_errors=True)
+        publish_folder(self.model, save)
+
+
+def publish_folder(target: Path, save: Any) -> None:
+    """Save through `save(folder)` into a fresh folder beside `target`, then swap it in: never a half-written folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    save(staging)
+    old = target.with_name(f".{target.name}-old")
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -22,10 +22,7 @@ every process of a distributed run, read that one.
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import datasets
@@ -38,6 +35,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast, T5Config
 from nlptasks import catalog
 from nlptasks.errors import RecipeError
 from nlptasks.recipe import Section, validate_section
+from nlptasks.rundir import publish_folder
 from nlptasks.tasks.base import Task
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
@@ -99,13 +97,7 @@ def train_unigram_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrained
     if (folder / "tokenizer.json").is_file():
         return PreTrainedTokenizerFast.from_pretrained(folder)
     tokenizer = _learn_unigram(texts, vocab_size)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    tokenizer.save_pretrained(staging)
-    try:
-        staging.rename(folder)
-    except OSError:  # another process published the same texts' tokenizer first
-        shutil.rmtree(staging, ignore_errors=True)
+    publish_folder(folder, tokenizer.save_pretrained)
     return tokenizer
 
 
