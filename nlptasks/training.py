@@ -147,8 +147,8 @@ def run(recipe: Recipe) -> RunResult:
     if untrained is not None:
         return _run_untrained(recipe, task, untrained, splits, run_dir, main=args.process_index == 0)
     labels = _labels(task, splits)
+    adaptation = _adaptation(recipe)
     with args.main_process_first(desc="model"):  # a tokenizer learnt from the data is learnt once, by the main process
-        adaptation = _adaptation(recipe)
         model, tokenizer = models.build(recipe.model, recipe.model_args, task, labels, splits["train"], adaptation)
     resume_from = get_last_checkpoint(str(run_dir.checkpoints)) if recipe.train.resume else None
     if resume_from and adaptation is None:  # the ids its weights learnt, should the data's tokenizer differ now

@@ -128,7 +128,7 @@ def test_bad_adapter_settings_fail_before_training(ner_recipe, tiny_bert: Path, 
         nlptasks.run(lora_recipe(ner_recipe, tiny_bert, **adapter))
 
 
-@pytest.mark.parametrize("model", ["bilstm", "t5-tiny"])
+@pytest.mark.parametrize("model", ["bilstm", "t5-tiny", "lstm-attention"])
 def test_lora_of_a_model_without_pretrained_weights_is_a_recipe_error(ner_recipe, model: str) -> None:
     with pytest.raises(RecipeError, match=f"method: LoRA adapts pretrained weights; '{model}' has random weights"):
         nlptasks.run(lora_recipe(ner_recipe, model))

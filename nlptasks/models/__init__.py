@@ -41,8 +41,7 @@ def build(
 ) -> tuple[PreTrainedModel, Any]:
     """A fresh model with the task's head sized to `labels`, and its tokenizer; LoRA-wrapped with `adaptation`."""
     ref = catalog.resolve_model(model_name)
-    if adaptation and (ref.family == "recurrent" or ref.name in {*catalog.T5_SIZES, *catalog.WARM_STARTED}):
-        fresh = "new cross-attention" if ref.name in catalog.WARM_STARTED else "random weights"
+    if adaptation and (fresh := _built_fresh(ref)):
         raise RecipeError(f"method: LoRA adapts pretrained weights; '{model_name}' has {fresh}: use method: full")
     if task.generates and ref.family not in ("seq2seq", "decoder"):
         decoders = [name for name, entry in catalog.MODELS.items() if entry.family == "decoder"]
@@ -79,6 +78,15 @@ def build(
     if adaptation:
         return adapters.with_lora(model, adaptation, task.auto_model, fresh), tokenizer
     return model, tokenizer
+
+
+def _built_fresh(ref: catalog.ModelRef) -> str | None:
+    """What an alias built without a whole checkpoint starts with at random; None for a pretrained checkpoint."""
+    if ref.name in catalog.WARM_STARTED:
+        return "new cross-attention"
+    if ref.family == "recurrent" or ref.name in {*catalog.T5_SIZES, *catalog.RNN_SEQ2SEQ_MODELS}:
+        return "random weights"
+    return None
 
 
 def _head(labels: list[str]) -> dict[str, Any]:
@@ -132,8 +140,9 @@ def load(model_dir: Path, task: Task) -> tuple[PreTrainedModel, Any]:
     family = catalog.family_of(model_dir)
     task.use_model_family(family)
     auto_class = getattr(transformers, task.auto_model)
+    tokenizer = load_tokenizer(str(model_dir), family, task.generates)
     if not adapters.is_adapter_folder(model_dir):
-        return auto_class.from_pretrained(model_dir), load_tokenizer(str(model_dir), family, task.generates)
+        return auto_class.from_pretrained(model_dir), tokenizer
     base = PeftConfig.from_pretrained(model_dir).base_model_name_or_path
     model, loading = auto_class.from_pretrained(
         base, config=transformers.AutoConfig.from_pretrained(model_dir), output_loading_info=True
@@ -141,7 +150,7 @@ def load(model_dir: Path, task: Task) -> tuple[PreTrainedModel, Any]:
     _restore_backbone(model, base, loading["missing_keys"])
     if (model_dir / "generation_config.json").is_file():
         model.generation_config = transformers.GenerationConfig.from_pretrained(model_dir)
-    return PeftModel.from_pretrained(model, model_dir), load_tokenizer(str(model_dir), family, task.generates)
+    return PeftModel.from_pretrained(model, model_dir), tokenizer
 
 
 def load_tokenizer(location: str, family: str, generates: bool = False) -> Any:
