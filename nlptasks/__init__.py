@@ -6,7 +6,7 @@ import logging
 # installed; that kernel is fetched from the Hub at run time, and its built-in CPU path is used.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
-from nlptasks.api import evaluate, load, run
+from nlptasks.api import evaluate, export, list_adapters, load, run
 from nlptasks.errors import DataError, RecipeError, UserInputError
 from nlptasks.predict import Predictor
 from nlptasks.recipe import Recipe, load_recipe
@@ -20,6 +20,8 @@ __all__ = [
     "RunResult",
     "UserInputError",
     "evaluate",
+    "export",
+    "list_adapters",
     "load",
     "load_recipe",
     "run",

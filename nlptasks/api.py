@@ -8,14 +8,18 @@ predictor.predict("Angela Merkel visited Paris.")
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
-from nlptasks import training
+from peft import PeftConfig, PeftModel
+
+from nlptasks import adapters, training
 from nlptasks.data import load_splits
 from nlptasks.errors import UserInputError
-from nlptasks.predict import Predictor
-from nlptasks.recipe import DataConfig, Recipe, load_recipe
+from nlptasks.predict import Predictor, read_texts
+from nlptasks.recipe import DataConfig, Recipe, dump_recipe, load_recipe
+from nlptasks.rundir import RunDir, folder_megabytes, publish_folder, write_atomic, write_embeddings
 from nlptasks.training import RunResult
 
 
@@ -56,3 +60,73 @@ def evaluate(run_dir: str | Path, split: str = "test", file: str | Path | None =
     if split not in splits:
         raise UserInputError(f"split '{split}' is not in the run's data; it has {sorted(splits)}")
     return predictor.score(splits[split])
+
+
+def export(run_dir: str | Path, output: str | Path, merge: bool = False) -> Path:
+    """A run's model as one standalone folder that `load`, `predict` and bare `transformers` read.
+
+    An adapter run exports as its adapter unless `merge`: then LoRA is folded into the base
+    weights (a QLoRA base dequantized first) and the folder holds a plain model, with the
+    run's recipe marked `method: full`. A fully fine-tuned run exports as it is.
+    """
+    predictor = Predictor(run_dir)
+    if predictor.untrained is not None:
+        raise UserInputError(f"{run_dir}: '{predictor.recipe.model}' is an untrained method: no model to export")
+    source = predictor.run_dir
+    merging = merge and isinstance(predictor.model, PeftModel)
+    recipe = predictor.recipe.model_copy(update={"method": "full"}) if merging else predictor.recipe
+
+    def save(folder: Path) -> None:
+        if merging:
+            predictor.model.merge_and_unload().save_pretrained(folder)
+            predictor.tokenizer.save_pretrained(folder)
+        else:
+            shutil.copytree(source.model, folder, dirs_exist_ok=True)
+        write_atomic(folder / "recipe.yaml", dump_recipe(recipe))
+
+    publish_folder(Path(output), save)
+    return Path(output)
+
+
+def list_adapters(root: str | Path = "runs") -> list[dict[str, Any]]:
+    """Adapter runs under `root`, one record each: where, task, method, base model, rank, size on disk.
+
+    Runs with the same task, labels and base can share one loaded base: `Predictor.add_adapter`.
+    """
+    found = []
+    for config_file in sorted(Path(root).glob("**/adapter_config.json")):
+        folder = config_file.parent
+        run = RunDir(folder.parent if folder.name == "model" else folder)
+        if not run.recipe.is_file() or run.model != folder:
+            continue
+        recipe = load_recipe(run.recipe)
+        found.append(
+            {
+                "run_dir": str(run.root),
+                "task": recipe.task,
+                "method": recipe.method,
+                "base_model": adapters.base_model_of(folder),
+                "r": PeftConfig.from_pretrained(folder).r,
+                "megabytes": round(folder_megabytes(folder), 2),
+            }
+        )
+    return found
+
+
+def embed(run_dir: str | Path, file: str | Path, output: str | Path, batch_size: int = 64) -> int:
+    """Embeddings of a file's texts (one a line, or JSON lines with `text`) from a sentence-embedding run.
+
+    `.npy` holds a float32 matrix, a row per text in file order; `.parquet` holds `text` and
+    `embedding` columns, written a chunk at a time. Returns the number of texts.
+    """
+    predictor = Predictor(run_dir, batch_size=batch_size)
+    if predictor.recipe.task != "sentence-embedding":
+        raise UserInputError(f"{run_dir}: a {predictor.recipe.task} run; embed needs a sentence-embedding run")
+    source, target = Path(file), Path(output)
+    if not source.is_file():
+        raise UserInputError(f"--file: file not found: {source}")
+    if target.suffix not in (".npy", ".parquet"):
+        raise UserInputError(f"--output: {target} must end in .npy or .parquet")
+    with source.open(encoding="utf-8") as lines:
+        predictions = predictor.stream(read_texts(lines, str(source)))
+        return write_embeddings(((p["text"], p["embedding"]) for p in predictions), target)

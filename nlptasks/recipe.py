@@ -45,9 +45,13 @@ class Section(BaseModel):
 class DataConfig(Section):
     name: str | None = None
     """Catalog dataset name (`conll2003`, `sst2`, ...); local files below take precedence."""
+    train_name: str | None = None
+    """Catalog dataset whose train split replaces `name`'s (SimCSE: Wikipedia sentences, scored on STS-B)."""
     train_file: Path | None = None
     validation_file: Path | None = None
     test_file: Path | None = None
+    txt_format: Literal["conll", "lines"] = "conll"
+    """How `.txt` files read: CoNLL columns, or `lines` of plain text, one input each (other suffixes: by suffix)."""
     text_column: str | None = None
     """Column holding the input (the task's default when unset: `text` or `tokens`)."""
     label_column: str | None = None
@@ -115,6 +119,8 @@ class EvalConfig(Section):
     splits: list[str] = ["validation", "test"]
     """Splits scored after training (those the data lacks are skipped)."""
     write_predictions: bool = True
+    before_training: bool = False
+    """Also score the splits with the model as built, before any training (recorded as `<split>_untrained`)."""
 
 
 class GenerationSettings(Section):
@@ -195,6 +201,17 @@ class Recipe(Section):
         if name not in TASKS:
             raise ValueError(f"unknown task '{name}'{did_you_mean(name, TASKS)}; known: {', '.join(TASKS)}")
         return name
+
+    @model_validator(mode="after")
+    def _negatives_come_from_the_batch(self) -> Recipe:
+        from nlptasks.tasks import TASKS
+
+        if TASKS[self.task].in_batch_negatives and self.train.gradient_accumulation_steps > 1:
+            raise ValueError(
+                f"train.gradient_accumulation_steps: {self.task} draws its negatives from one batch, so "
+                "accumulating batches adds none (no gradient cache here); raise train.batch_size instead"
+            )
+        return self
 
 
 def find_recipe(name_or_path: str | Path) -> Path:

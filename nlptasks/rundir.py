@@ -8,12 +8,16 @@
     <run>/logs/                  train.log, metrics.csv, TensorBoard events
     <run>/summary.md             the human summary
 
+An exported model (`nlptasks export`) is a model folder with the run's `recipe.yaml` inside: it
+reads as a run directory whose model is the folder itself.
+
 Every file is written to a temporary name, flushed to disk and renamed, so a crash at any
 moment leaves either the old file or the new one, never a torn one that reads as valid.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -30,6 +34,8 @@ class RunDir:
         self.metrics = self.root / "metrics.json"
         self.predictions = self.root / "predictions"
         self.model = self.root / "model"
+        if not self.model.is_dir() and (self.root / "config.json").is_file():
+            self.model = self.root  # an exported model (`nlptasks export`): weights and recipe.yaml side by side
         self.checkpoints = self.root / "checkpoints"
         self.logs = self.root / "logs"
         self.summary = self.root / "summary.md"
@@ -64,6 +70,45 @@ def publish_folder(target: Path, save: Any) -> None:
         target.rename(old)
     staging.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def folder_megabytes(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
+
+
+def write_embeddings(rows: Iterable[tuple[str, list[float]]], path: Path, chunk: int = 4096) -> int:
+    """(text, vector) rows to `.npy` (a float32 matrix) or `.parquet` (text, embedding), renamed in when complete."""
+    import numpy as np
+
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(descriptor)
+    count = 0
+    try:
+        if path.suffix == ".npy":
+            vectors = np.asarray([vector for _, vector in rows], dtype=np.float32)
+            with open(temporary, "wb") as handle:
+                np.save(handle, vectors)
+            count = len(vectors)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            schema = pa.schema([("text", pa.string()), ("embedding", pa.list_(pa.float32()))])
+            with pq.ParquetWriter(temporary, schema) as writer:
+                for batch in _chunks(iter(rows), chunk):
+                    texts, vectors = zip(*batch)
+                    writer.write_table(pa.table({"text": texts, "embedding": vectors}, schema=schema))
+                    count += len(batch)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return count
+
+
+def _chunks(rows: Any, size: int) -> Iterable[list[Any]]:
+    while batch := list(itertools.islice(rows, size)):
+        yield batch
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from nlptasks.data import load_splits, pad_batch
 from nlptasks.errors import DataError
 from nlptasks.models import generation
 from nlptasks.recipe import Recipe, dump_recipe
-from nlptasks.rundir import RunDir, write_atomic
+from nlptasks.rundir import RunDir, folder_megabytes, write_atomic
 from nlptasks.tasks import task_for
 from nlptasks.tasks.base import Task, lengths_of, sorted_by_length
 
@@ -133,6 +134,8 @@ def run(recipe: Recipe) -> RunResult:
     catalog.check_model(recipe.model)
     if recipe.data.name and not recipe.data.train_file:
         catalog.check_dataset(recipe.data.name)
+    if recipe.data.train_name:
+        catalog.check_dataset(recipe.data.train_name)
     run_dir = RunDir(recipe.output_dir or Path("runs") / f"{recipe.task}-{recipe.model.replace('/', '_')}").create()
     _log_to_file(run_dir.logs / "train.log")
     args = training_arguments(recipe, run_dir, task)
@@ -143,6 +146,7 @@ def run(recipe: Recipe) -> RunResult:
 
     with args.main_process_first(desc="data"):
         splits = load_splits(recipe.data, task)
+        splits["train"] = task.training_examples(splits["train"])
     untrained = task.untrained_method(recipe.model)
     if untrained is not None:
         return _run_untrained(recipe, task, untrained, splits, run_dir, main=args.process_index == 0)
@@ -150,6 +154,7 @@ def run(recipe: Recipe) -> RunResult:
     adaptation = _adaptation(recipe)
     with args.main_process_first(desc="model"):  # a tokenizer learnt from the data is learnt once, by the main process
         model, tokenizer = models.build(recipe.model, recipe.model_args, task, labels, splits["train"], adaptation)
+    model = task.wrap_model(model)
     resume_from = get_last_checkpoint(str(run_dir.checkpoints)) if recipe.train.resume else None
     if resume_from and adaptation is None:  # the ids its weights learnt, should the data's tokenizer differ now
         tokenizer = models.load_tokenizer(resume_from, catalog.family_of(resume_from))
@@ -180,9 +185,14 @@ def run(recipe: Recipe) -> RunResult:
         write_atomic(run_dir.recipe, dump_recipe(recipe))
     if resume_from:
         log.info("resuming from %s", resume_from)
+    untrained = {
+        f"{split}_untrained": evaluate_split(trainer, task, splits[split], features[split], None, split)
+        for split in recipe.eval.splits
+        if split in splits and recipe.eval.before_training and not resume_from
+    }
     started = time.perf_counter()
     outcome = trainer.train(resume_from_checkpoint=resume_from)
-    metrics = {"train": {**outcome.metrics, "wall_seconds": time.perf_counter() - started}}
+    metrics = {"train": {**outcome.metrics, "wall_seconds": time.perf_counter() - started}, **untrained}
     trainer.compute_metrics = None  # it decodes with validation's features: `predict` on another split would misalign
     if task.calibrates and "validation" in splits:
         _calibrate(trainer, task, splits["validation"], features["validation"])
@@ -193,9 +203,29 @@ def run(recipe: Recipe) -> RunResult:
         )
     if trainer.is_world_process_zero():
         run_dir.publish_model(lambda folder: (adapters.save(trainer.model, folder), tokenizer.save_pretrained(folder)))
+        metrics["train"].update(footprint(trainer.model, run_dir.model))
         run_dir.write_metrics(metrics)
-        write_atomic(run_dir.summary, summary(recipe, metrics, model))
+        write_atomic(run_dir.summary, summary(recipe, metrics))
     return RunResult(run_dir.root, metrics, recipe)
+
+
+def footprint(model: torch.nn.Module, saved: Path) -> dict[str, float]:
+    """What a run costs besides time: parameters trained and in all, saved model size, this process's peak RSS.
+
+    The saved size is the run's `model/` folder: an adapter run's is the adapter and heads only.
+    """
+    return {
+        "trainable_parameters": sum(_count(p) for p in model.parameters() if p.requires_grad),
+        "total_parameters": sum(_count(p) for p in model.parameters()),
+        "model_megabytes": folder_megabytes(saved),
+        "peak_rss_megabytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10,
+    }
+
+
+def _count(parameter: torch.nn.Parameter) -> int:
+    """Weights a parameter stands for: a 4-bit tensor packs two per byte, its quantization state knows the shape."""
+    quantized = getattr(parameter, "quant_state", None)
+    return quantized.shape.numel() if quantized is not None else parameter.numel()
 
 
 def _adaptation(recipe: Recipe) -> adapters.Adaptation | None:
@@ -231,7 +261,7 @@ def _run_untrained(
     if main:
         write_atomic(run_dir.recipe, dump_recipe(recipe))
         run_dir.write_metrics(metrics)
-        write_atomic(run_dir.summary, summary(recipe, metrics, None))
+        write_atomic(run_dir.summary, summary(recipe, metrics))
     return RunResult(run_dir.root, metrics, recipe)
 
 
@@ -394,16 +424,17 @@ def _log_to_file(path: Path) -> None:
         logger.setLevel(logging.INFO)
 
 
-def summary(recipe: Recipe, metrics: dict[str, dict[str, float]], model: torch.nn.Module | None) -> str:
+def summary(recipe: Recipe, metrics: dict[str, dict[str, float]]) -> str:
     """A short Markdown page: what ran, how long it took, and the headline metrics (no model: an untrained method)."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) if model is not None else 0
     train = metrics["train"]
     lines = [
         f"# {recipe.task} · {recipe.model} · {recipe.method}",
         "",
         recipe.description,
         "",
-        f"- trainable parameters: {trainable:,}",
+        f"- trainable parameters: {int(train.get('trainable_parameters', 0)):,} of "
+        f"{int(train.get('total_parameters', 0)):,}, saved model {train.get('model_megabytes', 0):.1f} MB, "
+        f"peak RSS {train.get('peak_rss_megabytes', 0):.0f} MB",
         f"- training: {train.get('train_runtime', 0):.0f} s, {train.get('train_samples_per_second', 0):.1f} samples/s, "
         f"precision {resolve_precision(recipe.train.precision)}",
         "",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import test_generation
+import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
@@ -132,3 +133,74 @@ def test_bad_adapter_settings_fail_before_training(ner_recipe, tiny_bert: Path, 
 def test_lora_of_a_model_without_pretrained_weights_is_a_recipe_error(ner_recipe, model: str) -> None:
     with pytest.raises(RecipeError, match=f"method: LoRA adapts pretrained weights; '{model}' has random weights"):
         nlptasks.run(lora_recipe(ner_recipe, model))
+
+
+def test_a_merged_export_is_a_plain_model_that_bare_transformers_loads(ner_recipe, tiny_bert: Path, tmp_path) -> None:
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    result = nlptasks.run(lora_recipe(ner_recipe, tiny_bert, r=4))
+    merged = nlptasks.export(result.run_dir, tmp_path / "merged", merge=True)
+    assert not (merged / "adapter_config.json").exists() and (merged / "model.safetensors").is_file()
+    assert not any("lora" in name for name in load_file(merged / "model.safetensors"))
+
+    adapted = nlptasks.load(result.run_dir).model
+    plain = AutoModelForTokenClassification.from_pretrained(merged).eval()
+    inputs = AutoTokenizer.from_pretrained(merged)(["Angela Merkel visited Paris ."], return_tensors="pt")
+    assert torch.allclose(plain(**inputs).logits, adapted(**inputs).logits, atol=1e-5)
+    assert plain.config.id2label == adapted.config.id2label
+
+    assert nlptasks.load(merged).recipe.method == "full"
+    assert nlptasks.evaluate(merged, "test")["f1"] == pytest.approx(result.metrics["test"]["f1"])
+    unmerged = nlptasks.export(result.run_dir, tmp_path / "adapter")
+    assert (unmerged / "adapter_config.json").is_file() and isinstance(nlptasks.load(unmerged).model, PeftModel)
+
+
+def test_a_qlora_run_loads_over_its_dequantized_base_and_merges_to_the_same_answers(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    result = nlptasks.run(sentiment_recipe(tiny_llama, "qlora", tmp_path))
+    predictor = nlptasks.load(result.run_dir)
+    assert nlptasks.evaluate(result.run_dir, "test")["accuracy"] == result.metrics["test"]["accuracy"]
+
+    merged = nlptasks.export(result.run_dir, tmp_path / "merged", merge=True)
+    config = json.loads((merged / "config.json").read_text())
+    assert "quantization_config" not in config
+    texts = ["a fine film", "a dull film", "fine", "dull"]
+    merged_predictor = nlptasks.load(merged)
+    assert not isinstance(merged_predictor.model, PeftModel)
+    for ours, theirs in zip(predictor.predict(texts), merged_predictor.predict(texts)):
+        assert ours["label"] == theirs["label"] and ours["score"] == pytest.approx(theirs["score"], abs=1e-4)
+
+
+def test_adapters_over_one_base_are_listed_and_switched(ner_recipe, tiny_bert: Path, tmp_path: Path) -> None:
+    first = nlptasks.run({**lora_recipe(ner_recipe, tiny_bert, r=4), "output_dir": str(tmp_path / "runs" / "a")})
+    second_recipe = {**lora_recipe(ner_recipe, tiny_bert, r=8), "output_dir": str(tmp_path / "runs" / "b")}
+    second = nlptasks.run({**second_recipe, "train": {**second_recipe["train"], "seed": 7, "epochs": 6}})
+    listed = nlptasks.list_adapters(tmp_path / "runs")
+    assert [(row["run_dir"], row["r"], row["base_model"]) for row in listed] == [
+        (str(first.run_dir), 4, str(tiny_bert)),
+        (str(second.run_dir), 8, str(tiny_bert)),
+    ]
+
+    text = "Angela Merkel visited Paris and met Siemens in Berlin ."
+    alone = {run: nlptasks.load(run).predict(text) for run in (first.run_dir, second.run_dir)}
+    assert alone[first.run_dir] != alone[second.run_dir], "the two adapters must differ for the switch to show"
+    shared = nlptasks.load(first.run_dir)
+    assert shared.add_adapter(second.run_dir) == "b" and shared.adapters == ["a", "b"]
+    assert shared.predict(text) == alone[first.run_dir]
+    shared.use_adapter("b")
+    assert shared.adapters == ["b", "a"] and shared.predict(text) == alone[second.run_dir]
+    shared.use_adapter("a")
+    assert shared.predict(text) == alone[first.run_dir]
+
+
+def test_an_adapter_of_another_task_or_base_is_refused(
+    ner_recipe, tiny_bert: Path, tiny_llama: Path, tmp_path: Path
+) -> None:
+    ner = nlptasks.run(lora_recipe(ner_recipe, tiny_bert, r=4))
+    (tmp_path / "sentiment").mkdir()
+    sentiment = nlptasks.run(sentiment_recipe(tiny_llama, "lora", tmp_path / "sentiment"))
+    with pytest.raises(nlptasks.UserInputError, match=r"its task \(classification\) differs"):
+        nlptasks.load(ner.run_dir).add_adapter(sentiment.run_dir)
+    with pytest.raises(nlptasks.UserInputError, match="no adapter 'other'"):
+        nlptasks.load(ner.run_dir).use_adapter("other")

@@ -48,12 +48,17 @@ def test_the_same_seed_reproduces_the_metrics(tiny_bert: Path, ner_recipe, tmp_p
         assert first[split]["precision"] == second[split]["precision"]
 
 
-def test_a_killed_run_resumes_to_the_same_final_metrics(tiny_bert: Path, ner_recipe, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_a_killed_run_resumes_to_the_same_final_metrics(
+    tiny_bert: Path, ner_recipe, tmp_path: Path, method: str
+) -> None:
+    """An adapter run too: its checkpoints hold only adapters and heads (transformers#28531, qlora#50)."""
     settings = {"epochs": 12, "eval_strategy": "steps", "eval_steps": 8, "save_total_limit": 3}
-    reference = nlptasks.run(ner_recipe(tiny_bert, tmp_path / "reference", **settings)).metrics
+    recipe = lambda folder: {**ner_recipe(tiny_bert, tmp_path / folder, **settings), "method": method}  # noqa: E731
+    reference = nlptasks.run(recipe("reference")).metrics
 
     recipe_file = tmp_path / "killed.yaml"
-    recipe_file.write_text(yaml.safe_dump(ner_recipe(tiny_bert, tmp_path / "killed", **settings)))
+    recipe_file.write_text(yaml.safe_dump(recipe("killed")))
     command = [sys.executable, "-m", "nlptasks", "run", str(recipe_file)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     first_checkpoint = tmp_path / "killed" / "checkpoints" / "checkpoint-16" / "trainer_state.json"
@@ -69,6 +74,9 @@ def test_a_killed_run_resumes_to_the_same_final_metrics(tiny_bert: Path, ner_rec
     assert "resuming from" in (tmp_path / "killed" / "logs" / "train.log").read_text()
     for split in ("validation", "test"):
         assert resumed[split]["f1"] == pytest.approx(reference[split]["f1"], abs=1e-9)
+    if method == "lora":
+        checkpoint = max((tmp_path / "killed" / "checkpoints").glob("checkpoint-*"), key=lambda c: int(c.name[11:]))
+        assert not (checkpoint / "model.safetensors").exists() and (checkpoint / "adapter_model.safetensors").is_file()
 
 
 def test_predict_and_eval_from_the_cli(

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import torch
 import transformers
-from peft import PeftConfig, PeftModel
+from peft import PeftModel
 from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedModel
 
@@ -133,8 +134,14 @@ def _restore_backbone(model: PreTrainedModel, location: str, missing: Iterable[s
     return [key for key in missing if not key.startswith(prefix)]
 
 
-def load(model_dir: Path, task: Task) -> tuple[PreTrainedModel, Any]:
-    """A trained model and tokenizer from a run's `model/` folder, any family."""
+def load(
+    model_dir: Path, task: Task, quantized: bool = False, adapter_name: str = "default"
+) -> tuple[PreTrainedModel, Any]:
+    """A trained model and tokenizer from a run's `model/` folder, any family.
+
+    An adapter folder loads over its base model; a QLoRA (`quantized`) adapter over that base
+    quantized to NF4 and dequantized, the weights it trained against.
+    """
     from nlptasks.models import recurrent, rnn_seq2seq  # noqa: F401 - register the toolkit's own models with the Auto classes
 
     family = catalog.family_of(model_dir)
@@ -143,14 +150,18 @@ def load(model_dir: Path, task: Task) -> tuple[PreTrainedModel, Any]:
     tokenizer = load_tokenizer(str(model_dir), family, task.generates)
     if not adapters.is_adapter_folder(model_dir):
         return auto_class.from_pretrained(model_dir), tokenizer
-    base = PeftConfig.from_pretrained(model_dir).base_model_name_or_path
+    base = adapters.base_model_of(model_dir)
+    quantization = {"quantization_config": adapters.nf4(torch.float32)} if quantized else {}
     model, loading = auto_class.from_pretrained(
-        base, config=transformers.AutoConfig.from_pretrained(model_dir), output_loading_info=True
+        base, config=transformers.AutoConfig.from_pretrained(model_dir), output_loading_info=True, **quantization
     )
     _restore_backbone(model, base, loading["missing_keys"])
+    if quantized:
+        adapters.unquantize_fresh_layers(model)
+        model = model.dequantize()
     if (model_dir / "generation_config.json").is_file():
         model.generation_config = transformers.GenerationConfig.from_pretrained(model_dir)
-    return PeftModel.from_pretrained(model, model_dir), tokenizer
+    return PeftModel.from_pretrained(model, model_dir, adapter_name=adapter_name), tokenizer
 
 
 def load_tokenizer(location: str, family: str, generates: bool = False) -> Any:

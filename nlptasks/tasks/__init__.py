@@ -8,12 +8,21 @@ from nlptasks.tasks.classification import Classification
 from nlptasks.tasks.extractive_summarization import ExtractiveSummarization
 from nlptasks.tasks.ner import NER
 from nlptasks.tasks.qa import QuestionAnswering
+from nlptasks.tasks.sentence_embedding import SentenceEmbedding
 from nlptasks.tasks.summarization import Summarization
 from nlptasks.tasks.translation import Translation
 
 TASKS: dict[str, type[Task]] = {
     task.name: task
-    for task in (NER, Classification, ExtractiveSummarization, QuestionAnswering, Summarization, Translation)
+    for task in (
+        NER,
+        Classification,
+        ExtractiveSummarization,
+        QuestionAnswering,
+        Summarization,
+        Translation,
+        SentenceEmbedding,
+    )
 }
 
 

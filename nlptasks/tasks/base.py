@@ -47,6 +47,8 @@ class Task(ABC):
     """Model outputs `decode` reads: one reaches it as an array, several as a tuple in this order."""
     input_fields: ClassVar[tuple[str, ...]] = ("text",)
     """Fields of one raw `predict` input; with several, each input is a JSON object holding them."""
+    in_batch_negatives: ClassVar[bool] = False
+    """The loss contrasts each example with the rest of its batch: gradient accumulation would not add negatives."""
     generates: ClassVar[bool] = False
     """Outputs are generated text: evaluation and `predict` call the model's `generate` with the recipe's
     `generation` settings, and `decode` receives one `Generation` per feature instead of logits."""
@@ -80,6 +82,18 @@ class Task(ABC):
         inputs, labels and Auto class differently from an encoder-decoder's.
         """
         return None
+
+    def training_examples(self, train: datasets.Dataset) -> datasets.Dataset:
+        """The training split as this task learns from it (supervised SimCSE: the positive pairs only)."""
+        return train
+
+    def wrap_model(self, model: Any) -> Any:
+        """The model as trained, evaluated and predicted with: the built or loaded one, or a module around it.
+
+        A wrapper (SimCSE's pooling and contrastive loss) passes through `config` and saves what it
+        wraps with its own `save_pretrained`.
+        """
+        return model
 
     def training_collator(self, tokenizer: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]] | None:
         """How training batches are built where they differ from evaluation's padded rows (packing); None: alike."""
@@ -189,3 +203,15 @@ def json_input(value: str | dict[str, Any], fields: tuple[str, ...]) -> dict[str
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"field '{field}' must be a non-empty string, got {text!r}")
     return {field: value[field] for field in fields}
+
+
+def text_or_json_row(text: str) -> dict[str, Any]:
+    """A raw input line as a row: a JSON object with a `text` field as it is, anything else as the text."""
+    if text.lstrip().startswith("{"):
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError:
+            return {"text": text}
+        if isinstance(row, dict) and isinstance(row.get("text"), str):
+            return row
+    return {"text": text}

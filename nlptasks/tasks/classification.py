@@ -25,7 +25,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from nlptasks.errors import DataError, RecipeError
 from nlptasks.recipe import Section
-from nlptasks.tasks.base import Task, softmax
+from nlptasks.tasks.base import Task, softmax, text_or_json_row
 
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
 
@@ -190,7 +190,7 @@ class Classification(Task):
 
     def examples_from_texts(self, texts: list[str]) -> datasets.Dataset:
         """Plain lines are single texts; a JSON object line gives `text` and `text_pair`."""
-        rows = [_input_row(text) for text in texts]
+        rows = [text_or_json_row(text) for text in texts]
         return datasets.Dataset.from_dict(
             {"text": [r["text"] for r in rows], "text_pair": [r.get("text_pair") for r in rows]},
             features=datasets.Features({"text": datasets.Value("string"), "text_pair": datasets.Value("string")}),
@@ -268,17 +268,6 @@ def _multi_hot(rows: list[list[str]], classes: list[str]) -> np.ndarray:
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
-
-
-def _input_row(text: str) -> dict[str, Any]:
-    if text.lstrip().startswith("{"):
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError:
-            return {"text": text}
-        if isinstance(row, dict) and isinstance(row.get("text"), str):
-            return row
-    return {"text": text}
 
 
 def _plot_confusion(counts: np.ndarray, classes: list[str], title: str, path: Path) -> None:
