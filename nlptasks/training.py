@@ -185,11 +185,7 @@ def run(recipe: Recipe) -> RunResult:
         write_atomic(run_dir.recipe, dump_recipe(recipe))
     if resume_from:
         log.info("resuming from %s", resume_from)
-    untrained = {
-        f"{split}_untrained": evaluate_split(trainer, task, splits[split], features[split], None, split)
-        for split in recipe.eval.splits
-        if split in splits and recipe.eval.before_training and not resume_from
-    }
+    untrained = _score_untrained(trainer, task, recipe, splits, features) if not resume_from else {}
     started = time.perf_counter()
     outcome = trainer.train(resume_from_checkpoint=resume_from)
     metrics = {"train": {**outcome.metrics, "wall_seconds": time.perf_counter() - started}, **untrained}
@@ -207,6 +203,23 @@ def run(recipe: Recipe) -> RunResult:
         run_dir.write_metrics(metrics)
         write_atomic(run_dir.summary, summary(recipe, metrics))
     return RunResult(run_dir.root, metrics, recipe)
+
+
+def _score_untrained(
+    trainer: Trainer, task: Task, recipe: Recipe, splits: datasets.DatasetDict, features: dict[str, datasets.Dataset]
+) -> dict[str, dict[str, float]]:
+    """With `eval.before_training`: the splits scored by the model as built, as `<split>_untrained`."""
+    if not recipe.eval.before_training:
+        return {}
+    validation_metrics, trainer.compute_metrics = trainer.compute_metrics, None  # it decodes validation's features
+    try:
+        return {
+            f"{split}_untrained": evaluate_split(trainer, task, splits[split], features[split], None, split)
+            for split in recipe.eval.splits
+            if split in splits
+        }
+    finally:
+        trainer.compute_metrics = validation_metrics
 
 
 def footprint(model: torch.nn.Module, saved: Path) -> dict[str, float]:

@@ -49,7 +49,9 @@ def sts_files(tmp_path: Path) -> dict[str, Path]:
     lines.write_text("\n".join(SENTENCES * 4) + "\n")
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"sentence1": a, "sentence2": b, "score": s}) + "\n" for a, b, s in PAIRS))
-    return {"sentences": lines, "pairs": pairs}
+    fewer = tmp_path / "test-pairs.jsonl"  # another length than validation: each split decodes its own features
+    fewer.write_text("".join(pairs.read_text().splitlines(keepends=True)[:6]))
+    return {"sentences": lines, "pairs": pairs, "test_pairs": fewer}
 
 
 def simcse_recipe(model: Path | str, files: dict[str, Path], folder: Path, **task_args: object) -> dict:
@@ -62,7 +64,7 @@ def simcse_recipe(model: Path | str, files: dict[str, Path], folder: Path, **tas
         "data": {
             "train_file": str(files["sentences"] if objective == "unsupervised" else files["pairs"]),
             "validation_file": str(files["pairs"]),
-            "test_file": str(files["pairs"]),
+            "test_file": str(files["test_pairs"]),
             "txt_format": "lines",
             "max_length": 32,
         },
@@ -93,9 +95,9 @@ def test_an_unsupervised_run_scores_sts_before_and_after_and_saves_for_sentence_
     assert metrics["train"]["train_loss"] > 0
 
     predictor = nlptasks.load(result.run_dir)
-    pairs = predictor.predict([json.dumps({"text": a, "text_pair": b}) for a, b, _ in PAIRS])
+    pairs = predictor.predict([json.dumps({"text": a, "text_pair": b}) for a, b, _ in PAIRS[:6]])
     similarity = [row["similarity"] for row in pairs]
-    by_hand = 100 * spearmanr([score for _, _, score in PAIRS], similarity).statistic
+    by_hand = 100 * spearmanr([score for _, _, score in PAIRS[:6]], similarity).statistic
     assert metrics["test"]["spearman"] == pytest.approx(by_hand, abs=1e-6)
 
     ours = np.array([row["embedding"] for row in predictor.predict(SENTENCES)])
