@@ -97,3 +97,29 @@ def test_minilm_learns_trec_question_types_from_a_slice(data_dir: Path, tmp_path
         {"output_dir": str(tmp_path / "trec"), "train.epochs": 1, "data.max_train_samples": 2000},
     )
     assert result.metrics["test"]["accuracy"] > 0.75, result.metrics["test"]
+
+
+def test_supervised_simcse_keeps_minilm_sentence_similarity(data_dir: Path, tmp_path: Path) -> None:
+    """all-MiniLM-L6-v2 is already contrastively trained (~82 Spearman on STS-B test): SimCSE must not undo that.
+
+    Chance is 0; the untrained figure is measured in the same run (`eval.before_training`).
+    """
+    result = nlptasks.run(
+        "simcse/minilm-sup",
+        {
+            "output_dir": str(tmp_path / "simcse"),
+            "train.epochs": 1,
+            "train.eval_strategy": "no",
+            "data.max_eval_samples": 400,
+            "eval.splits": ["test"],
+        },
+    )
+    before, after = result.metrics["test_untrained"]["spearman"], result.metrics["test"]["spearman"]
+    assert after > 70 and after >= before - 1.0, (before, after)
+    close, far = nlptasks.load(result.run_dir).predict(
+        [
+            '{"text": "A man plays a guitar.", "text_pair": "A guitarist is playing."}',
+            '{"text": "A man plays a guitar.", "text_pair": "Stock markets fell sharply."}',
+        ]
+    )
+    assert close["similarity"] > far["similarity"] + 0.3

@@ -198,6 +198,7 @@ class ContrastiveEncoder(torch.nn.Module):
         self.options = options
         hidden = encoder.config.hidden_size
         self.mlp = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.Tanh())
+        self.mlp.requires_grad_(options.pooling == "cls_mlp")  # unused otherwise: no idle parameters under DDP
 
     @property
     def config(self) -> Any:
