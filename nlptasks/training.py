@@ -213,13 +213,15 @@ def _score_untrained(
         return {}
     validation_metrics, trainer.compute_metrics = trainer.compute_metrics, None  # it decodes validation's features
     try:
-        return {
+        scores = {
             f"{split}_untrained": evaluate_split(trainer, task, splits[split], features[split], None, split)
             for split in recipe.eval.splits
             if split in splits
         }
     finally:
         trainer.compute_metrics = validation_metrics
+    log.info("before training: %s", scores)
+    return scores
 
 
 def footprint(model: torch.nn.Module, saved: Path) -> dict[str, float]:
