@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from peft import PeftConfig, PeftModel
+from peft import PeftConfig
 
 from nlptasks import adapters, training
 from nlptasks.data import load_splits
@@ -69,15 +69,17 @@ def export(run_dir: str | Path, output: str | Path, merge: bool = False) -> Path
     weights (a QLoRA base dequantized first) and the folder holds a plain model, with the
     run's recipe marked `method: full`. A fully fine-tuned run exports as it is.
     """
-    predictor = Predictor(run_dir)
-    if predictor.untrained is not None:
-        raise UserInputError(f"{run_dir}: '{predictor.recipe.model}' is an untrained method: no model to export")
-    source = predictor.run_dir
-    merging = merge and isinstance(predictor.model, PeftModel)
-    recipe = predictor.recipe.model_copy(update={"method": "full"}) if merging else predictor.recipe
+    source = RunDir(Path(run_dir))
+    if not source.model.is_dir():
+        raise UserInputError(f"{run_dir}: no model to export (not a finished run, or an untrained method)")
+    merging = merge and adapters.is_adapter_folder(source.model)
+    predictor = Predictor(run_dir) if merging else None  # only a merge needs the weights in memory
+    recipe = load_recipe(source.recipe)
+    if merging:
+        recipe = recipe.model_copy(update={"method": "full"})
 
     def save(folder: Path) -> None:
-        if merging:
+        if predictor is not None:
             predictor.model.merge_and_unload().save_pretrained(folder)
             predictor.tokenizer.save_pretrained(folder)
         else:
@@ -100,13 +102,14 @@ def list_adapters(root: str | Path = "runs") -> list[dict[str, Any]]:
         if not run.recipe.is_file() or run.model != folder:
             continue
         recipe = load_recipe(run.recipe)
+        adapter = PeftConfig.from_pretrained(folder)
         found.append(
             {
                 "run_dir": str(run.root),
                 "task": recipe.task,
                 "method": recipe.method,
-                "base_model": adapters.base_model_of(folder),
-                "r": PeftConfig.from_pretrained(folder).r,
+                "base_model": adapter.base_model_name_or_path,
+                "r": adapter.r,
                 "megabytes": round(folder_megabytes(folder), 2),
             }
         )

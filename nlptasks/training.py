@@ -93,6 +93,17 @@ class TaskTrainer(Trainer):
             self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=self.lengths
         )
 
+    def predict(
+        self, test_dataset: datasets.Dataset, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test"
+    ) -> Any:
+        """Outputs only: every caller decodes and scores them itself, and the metric function
+        decodes validation's features, so it would misalign on any other split."""
+        validation_metrics, self.compute_metrics = self.compute_metrics, None
+        try:
+            return super().predict(test_dataset, ignore_keys, metric_key_prefix)
+        finally:
+            self.compute_metrics = validation_metrics
+
     def prediction_step(
         self,
         model: torch.nn.Module,
@@ -189,7 +200,6 @@ def run(recipe: Recipe) -> RunResult:
     started = time.perf_counter()
     outcome = trainer.train(resume_from_checkpoint=resume_from)
     metrics = {"train": {**outcome.metrics, "wall_seconds": time.perf_counter() - started}, **untrained}
-    trainer.compute_metrics = None  # it decodes with validation's features: `predict` on another split would misalign
     if task.calibrates and "validation" in splits:
         _calibrate(trainer, task, splits["validation"], features["validation"])
 
@@ -211,15 +221,11 @@ def _score_untrained(
     """With `eval.before_training`: the splits scored by the model as built, as `<split>_untrained`."""
     if not recipe.eval.before_training:
         return {}
-    validation_metrics, trainer.compute_metrics = trainer.compute_metrics, None  # it decodes validation's features
-    try:
-        scores = {
-            f"{split}_untrained": evaluate_split(trainer, task, splits[split], features[split], None, split)
-            for split in recipe.eval.splits
-            if split in splits
-        }
-    finally:
-        trainer.compute_metrics = validation_metrics
+    scores = {
+        f"{split}_untrained": evaluate_split(trainer, task, splits[split], features[split], None, split)
+        for split in recipe.eval.splits
+        if split in splits
+    }
     log.info("before training: %s", scores)
     return scores
 
