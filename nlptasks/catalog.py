@@ -210,6 +210,7 @@ DATASETS: dict[str, DatasetEntry] = {
     "dialogsum": DatasetEntry("summarization/dialogsum", "knkarthick/dialogsum"),
     "multi30k": DatasetEntry("translation/multi30k", "bentrevett/multi30k"),
     "stsb": DatasetEntry("sts/stsb", "sentence-transformers/stsb"),
+    "cranfield": DatasetEntry("retrieval/cranfield", "BeIR/cranfield"),
     "wiki_sentences": DatasetEntry(
         "sentences", "princeton-nlp/datasets-for-simcse", files=(("train", "wiki-sentences.txt"),), text_lines=True
     ),

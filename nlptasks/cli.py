@@ -91,10 +91,34 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("root", nargs="?", default="runs")
 
     commands.add_parser("recipes", help="list the shipped recipes")
+    _add_rag(commands.add_parser("rag", help="retrieval-augmented generation: index, search, ask, eval, serve"))
 
     quickstart = commands.add_parser("quickstart", help="sentiment on Rotten Tomatoes with minilm-l6, offline")
     _add_set(quickstart)
     return parser
+
+
+def _add_rag(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="rag_command", required=True)
+    index = commands.add_parser("index", help="add documents to an index (changed ones replace their chunks)")
+    index.add_argument("--docs", required=True, action="append", help="a file or folder (.txt .md .jsonl .csv)")
+    index.add_argument("--index", required=True, help="the index folder (created if absent)")
+    index.add_argument("--prune", action="store_true", help="remove indexed documents not among --docs")
+    for name, text in (("search", "the best chunks for a query"), ("ask", "an answer with citations")):
+        command = commands.add_parser(name, help=f"{text}, as JSON")
+        command.add_argument("--index", required=True)
+        command.add_argument("question")
+    evaluate = commands.add_parser("eval", help="score retrieval (cranfield) or open-domain QA (squad), as JSON")
+    evaluate.add_argument("--index", required=True, help="the benchmark's index (built there when absent)")
+    evaluate.add_argument("--benchmark", required=True, choices=["cranfield", "squad"])
+    evaluate.add_argument("--answers", type=int, default=200, help="squad: questions answered end to end (0: none)")
+    serve = commands.add_parser("serve", help="an HTTP service: POST /search, POST /ask, GET /health")
+    serve.add_argument("--index", required=True)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    for command in commands.choices.values():
+        command.add_argument("--recipe", help="a RAG recipe (file or name such as rag/default) for a new index")
+        _add_set(command)
 
 
 def _add_set(parser: argparse.ArgumentParser) -> None:
@@ -161,6 +185,32 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rag(args: argparse.Namespace) -> int:
+    from nlptasks import rag
+
+    if args.rag_command == "index":
+        report = rag.build_index(args.docs, args.index, rag.load_settings(args.recipe, args.set), args.prune, True)
+        print(json.dumps(report.as_json()))
+        return 0
+    if args.rag_command == "eval":
+        settings = rag.load_settings(args.recipe, args.set)
+        metrics = rag.evaluate(args.index, args.benchmark, settings, args.set, args.answers, progress=True)
+        print(json.dumps(metrics, indent=2))
+        return 0
+    if args.recipe is not None:
+        raise UserInputError(f"--recipe: {args.rag_command} uses the settings the index was built with; use --set")
+    pipeline = rag.RagPipeline(args.index, args.set)
+    if args.rag_command == "search":
+        print(json.dumps([hit.as_json() for hit in pipeline.search(args.question)], ensure_ascii=False))
+    elif args.rag_command == "ask":
+        print(json.dumps(pipeline.ask(args.question), ensure_ascii=False))
+    else:
+        from nlptasks.rag.serve import serve
+
+        serve(pipeline, args.host, args.port)
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     result = api.run(QUICKSTART_RECIPE, parse_overrides(args.set))
     print()
@@ -195,4 +245,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "adapters": cmd_adapters,
     "recipes": cmd_recipes,
     "quickstart": cmd_quickstart,
+    "rag": cmd_rag,
 }

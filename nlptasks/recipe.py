@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -40,6 +40,9 @@ class Section(BaseModel):
     """Base for every recipe section: unknown keys are errors, never silently ignored."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+SectionT = TypeVar("SectionT", bound=Section)
 
 
 class DataConfig(Section):
@@ -236,8 +239,12 @@ def shipped_recipes() -> list[tuple[str, str]]:
     return rows
 
 
-def load_recipe(source: str | Path | dict[str, Any], overrides: dict[str, Any] | list[str] | None = None) -> Recipe:
-    """Read, merge `extends`, apply overrides, and validate a recipe.
+def load_recipe(
+    source: str | Path | dict[str, Any],
+    overrides: dict[str, Any] | list[str] | None = None,
+    schema: type[SectionT] = Recipe,  # type: ignore[assignment]
+) -> SectionT:
+    """Read, merge `extends`, apply overrides, and validate a recipe (a training `Recipe` unless `schema` says).
 
     `overrides` is either `{"train.epochs": 1}` or CLI strings `["train.epochs=1"]`.
     """
@@ -249,13 +256,13 @@ def load_recipe(source: str | Path | dict[str, Any], overrides: dict[str, Any] |
     for key, value in parse_overrides(overrides).items():
         _set_dotted(raw, key, value)
     try:
-        return Recipe.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as err:
         header = f"{origin}: invalid recipe" + (" (after the --set overrides)" if overrides else "")
-        raise RecipeError(_explain(err, header, Recipe)) from None
+        raise RecipeError(_explain(err, header, schema)) from None
 
 
-def dump_recipe(recipe: Recipe) -> str:
+def dump_recipe(recipe: Section) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
 
 

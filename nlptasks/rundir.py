@@ -64,7 +64,11 @@ def publish_folder(target: Path, save: Any) -> None:
     """Save through `save(folder)` into a fresh folder beside `target`, then swap it in: never a half-written folder."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    save(staging)
+    try:
+        save(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     old = target.with_name(f".{target.name}-old")
     if target.exists():
         target.rename(old)

@@ -228,7 +228,7 @@ def test_no_answer_option_trains_towards_position_zero_and_answers_empty_above_t
     starts[0, 8] = ends[0, 8] = 2.0  # "drinks" ([CLS] what does carol drink ? [SEP] alice drinks): a span scoring 4
     predictions = qa(allow_no_answer=True).decode(data, features, (starts, ends), {})
     assert predictions[0] == {"answer": "", "score": pytest.approx(np.exp(6) / (np.exp(6) + np.exp(4)), rel=1e-3),
-                              "start": None, "end": None}  # fmt: skip
+                              "logit": 6.0, "start": None, "end": None}  # fmt: skip
     assert predictions[1]["answer"] == "coffee"
     assert qa(allow_no_answer=True).score(data, predictions) == {"exact_match": 1.0, "f1": 1.0}
     lenient = qa(allow_no_answer=True, null_score_threshold=2.5).decode(data, features, (starts, ends), {})

@@ -180,7 +180,8 @@ class QuestionAnswering(Task):
         """The best span over all windows of each example (or "" for no answer), with its probability.
 
         `score` is the softmax over the example's n-best spans (and the no-answer score with
-        `allow_no_answer`): how sure the model is of this answer against its alternatives.
+        `allow_no_answer`): how sure the model is of this answer against its alternatives. `logit` is
+        the span's start + end logit, which compares across contexts (a RAG reader ranks chunks by it).
         """
         starts, ends = logits
         candidates: list[list[tuple[float, int, int]]] = [[] for _ in range(len(examples))]
@@ -209,12 +210,18 @@ class QuestionAnswering(Task):
         best = _distinct_best(candidates, self.options.n_best)
         scores = [score for score, _, _ in best] + ([null_score] if self.options.allow_no_answer else [])
         if not scores:
-            return {"answer": "", "score": 0.0, "start": None, "end": None}
+            return {"answer": "", "score": 0.0, "logit": None, "start": None, "end": None}
         probabilities = softmax(np.array(scores))
         if self.options.allow_no_answer and (not best or null_score - best[0][0] > self.options.null_score_threshold):
-            return {"answer": "", "score": float(probabilities[-1]), "start": None, "end": None}
-        _, first, last = best[0]
-        return {"answer": context[first:last], "score": float(probabilities[0]), "start": first, "end": last}
+            return {"answer": "", "score": float(probabilities[-1]), "logit": null_score, "start": None, "end": None}
+        logit, first, last = best[0]
+        return {
+            "answer": context[first:last],
+            "score": float(probabilities[0]),
+            "logit": logit,
+            "start": first,
+            "end": last,
+        }
 
     def score(self, examples: datasets.Dataset, predictions: list[dict[str, Any]]) -> dict[str, float]:
         exact, overlap = [], []

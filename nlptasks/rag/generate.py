@@ -1,0 +1,139 @@
+"""Answers from retrieved chunks: a chat decoder that cites passages as [n], or an extractive QA reader."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from nlptasks.errors import UserInputError
+from nlptasks.rag.retrieve import Hit
+from nlptasks.rag.settings import RagSettings
+
+NOT_FOUND = "The documents do not contain the answer."
+RULES = (
+    "Answer the question using only the numbered passages. Cite the passage of each fact as [n]. "
+    f"If the passages do not contain the answer, reply exactly: {NOT_FOUND}\n\nPassages:\n"
+)
+CITATION = re.compile(r"\[(\d+)\]")
+MIN_PASSAGE_TOKENS = 16
+"""A passage cut shorter than this to fit the prompt is left out instead."""
+
+
+class Generator(Protocol):
+    def answer(self, question: str, hits: list[Hit]) -> dict[str, Any]:
+        """`answer`, `found` (False when the passages do not hold it), `citations` (the passages used)."""
+        ...
+
+
+def load_generator(settings: RagSettings) -> Generator:
+    """A QA run directory reads answers out of the chunks; anything else is a decoder that writes them."""
+    path = Path(settings.generator).expanduser()
+    if (path / "recipe.yaml").is_file():
+        return ExtractiveReader(path, settings)
+    return DecoderGenerator(settings)
+
+
+def not_found() -> dict[str, Any]:
+    return {"answer": NOT_FOUND, "found": False, "citations": []}
+
+
+def citation(number: int, hit: Hit) -> dict[str, Any]:
+    return {"n": number, "doc_id": hit.chunk.doc_id, "chunk_id": hit.chunk_id, "text": hit.chunk.text}
+
+
+class DecoderGenerator:
+    def __init__(self, settings: RagSettings) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from nlptasks.catalog import resolve_model
+        from nlptasks.models.generation import configure
+        from nlptasks.tasks.seq2seq import prompt_frame
+
+        location = resolve_model(settings.generator).location
+        self.tokenizer = AutoTokenizer.from_pretrained(location)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype).to(device).eval()
+        configure(self.model, settings.generation)
+        if self.model.generation_config.pad_token_id is None:
+            self.model.generation_config.pad_token_id = self.tokenizer.eos_token_id
+        self.head, self.tail = prompt_frame(self.tokenizer, RULES)
+        context_length = getattr(self.model.config, "max_position_embeddings", settings.max_context_tokens)
+        self.budget = min(settings.max_context_tokens, context_length - settings.generation.max_new_tokens)
+
+    def prompt(self, question: str, hits: list[Hit]) -> tuple[list[int], list[Hit]]:
+        """Prompt ids with as many passages (best first) as fit beside the whole question, and those passages."""
+        ask = self._ids(f"\nQuestion: {question}")
+        room = self.budget - len(self.head) - len(self.tail) - len(ask)
+        if room < MIN_PASSAGE_TOKENS:
+            raise UserInputError(
+                f"question: {len(ask)} tokens leave no room for passages in the prompt budget of "
+                f"{self.budget} tokens (rag.max_context_tokens); shorten the question or raise the budget"
+            )
+        passages: list[int] = []
+        used: list[Hit] = []
+        for number, hit in enumerate(hits, 1):
+            ids = self._ids(f"[{number}] {hit.chunk.text}\n")
+            left = room - len(passages)
+            if len(ids) > left:
+                if left >= MIN_PASSAGE_TOKENS:
+                    passages += ids[: left - 1] + self._ids("\n")
+                    used.append(hit)
+                break
+            passages += ids
+            used.append(hit)
+        return self.head + passages + ask + self.tail, used
+
+    @torch.inference_mode()
+    def answer(self, question: str, hits: list[Hit]) -> dict[str, Any]:
+        if not hits:
+            return not_found()
+        from nlptasks.models.generation import generate_ids
+
+        ids, used = self.prompt(question, hits)
+        batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+        batch = {key: value.to(self.model.device) for key, value in batch.items()}
+        text = self.tokenizer.decode(generate_ids(self.model, batch)[0], skip_special_tokens=True).strip()
+        if _says_not_found(text):
+            return not_found()
+        cited = sorted({int(n) for n in CITATION.findall(text) if 1 <= int(n) <= len(used)})
+        return {"answer": text, "found": True, "citations": [citation(n, used[n - 1]) for n in cited]}
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _says_not_found(text: str) -> bool:
+    return NOT_FOUND.lower().rstrip(".") in text.lower() or not text
+
+
+class ExtractiveReader:
+    """A QA run's model over each retrieved chunk; the span with the highest start+end logit wins."""
+
+    def __init__(self, run_dir: Path, settings: RagSettings) -> None:
+        from nlptasks.predict import Predictor
+
+        self.predictor = Predictor(run_dir)
+        if self.predictor.recipe.task != "qa":
+            raise UserInputError(
+                f"rag.generator: {run_dir} is a {self.predictor.recipe.task} run; an extractive reader is a qa run"
+            )
+        self.min_score = settings.reader_min_score
+
+    def answer(self, question: str, hits: list[Hit]) -> dict[str, Any]:
+        if not hits:
+            return not_found()
+        spans = self.predictor.predict([{"question": question, "context": hit.chunk.text} for hit in hits])
+        ranked = sorted((i for i, span in enumerate(spans) if span["answer"]), key=lambda i: -spans[i]["logit"])
+        if not ranked or (self.min_score is not None and spans[ranked[0]]["logit"] < self.min_score):
+            return not_found()
+        best = ranked[0]
+        return {
+            "answer": spans[best]["answer"],
+            "found": True,
+            "score": spans[best]["logit"],
+            "citations": [citation(best + 1, hits[best])],
+        }

@@ -1,0 +1,349 @@
+"""RAG: reading and chunking documents, index updates, dense/BM25/hybrid search, answers, metrics, HTTP.
+
+Tiny random encoders cannot rank by meaning, so dense search is tested on exact repeats (a text
+is nearest to itself) and meaning is left to the integration tests on real data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from nlptasks.cli import main
+from nlptasks.errors import DataError, RecipeError, UserInputError
+from nlptasks.rag import Document, RagPipeline, RagSettings, build_index, read_documents
+from nlptasks.rag.documents import ReadReport, chunk_document, sentence_spans
+from nlptasks.rag.evaluate import ndcg_at, ranked_documents, recall_at, reciprocal_rank
+from nlptasks.rag.generate import NOT_FOUND, DecoderGenerator, ExtractiveReader
+from nlptasks.rag.retrieve import Hit, reciprocal_rank_fusion
+
+pytest.importorskip("faiss", reason="the rag extra is not installed (bash scripts/setup.sh installs it)")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FACTS = {
+    "eiffel": "The Eiffel Tower was built for the 1889 World's Fair. It is 330 metres tall.",
+    "nile": "The Nile is the longest river in Africa. It flows north into the Mediterranean Sea.",
+    "everest": "Mount Everest is 8849 metres high. Climbers reach it from Nepal or Tibet.",
+    "photosynthesis": "Photosynthesis converts light energy into chemical energy. Plants store it as sugar.",
+}
+
+
+@pytest.fixture
+def docs(tmp_path: Path) -> Path:
+    folder = tmp_path / "docs"
+    (folder / "notes").mkdir(parents=True)
+    (folder / "notes" / "eiffel.md").write_text(f"# Eiffel Tower\n\n{FACTS['eiffel']}\n")
+    (folder / "nile.txt").write_text(FACTS["nile"])
+    rows = [{"id": "everest", "title": "Everest", "text": FACTS["everest"], "year": 1953}]
+    (folder / "more.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "bio.csv").write_text(f'id,text,source\nphoto,"{FACTS["photosynthesis"]}",textbook\n')
+    (folder / "image.png").write_bytes(b"\x89PNG")
+    return folder
+
+
+@pytest.fixture
+def settings(tiny_bert: Path) -> RagSettings:
+    return RagSettings(encoder=str(tiny_bert), chunk_tokens=24, chunk_overlap=8, candidates=10)
+
+
+def test_documents_from_text_markdown_jsonl_and_csv_keep_ids_titles_and_metadata(docs: Path) -> None:
+    report = ReadReport()
+    found = {d.id: d for d in read_documents([docs], report=report)}
+    assert set(found) == {"notes/eiffel.md", "nile.txt", "everest", "photo"}
+    assert found["notes/eiffel.md"].title == "Eiffel Tower" and found["nile.txt"].title == "nile"
+    assert found["everest"].metadata == {"year": 1953} and found["photo"].metadata == {"source": "textbook"}
+    assert report.documents == 4 and report.skipped_files == [str(docs / "image.png")]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("a.jsonl", '{"id": "1", "text": "fine"}\n{"id": "2", "text": \n', r"a\.jsonl:2: not valid JSON"),
+        ("a.jsonl", '{"id": "1", "body": "no text"}\n', r"a\.jsonl:1: no field 'text'"),
+        ("a.jsonl", '{"id": "1", "text": 7}\n', r"a\.jsonl:1: field 'text' must be text"),
+        ("a.jsonl", '["a list"]\n', r"a\.jsonl:1: expected a JSON object"),
+        (
+            "a.jsonl",
+            '{"id": "1", "text": "x"}\n{"id": "1", "text": "y"}\n',
+            r"a\.jsonl:2: document id '1' already used",
+        ),
+        ("a.csv", "id,text\n1,fine\n2,too,many\n", r"a\.csv:3: more values than the header"),
+    ],
+)
+def test_bad_documents_fail_naming_file_line_and_field(tmp_path: Path, name: str, content: str, message: str) -> None:
+    (tmp_path / name).write_text(content)
+    with pytest.raises(DataError, match=message):
+        list(read_documents([tmp_path / name]))
+
+
+def test_non_utf8_and_empty_documents(tmp_path: Path) -> None:
+    (tmp_path / "bad.txt").write_bytes(b"line one\nline \xff two\n")
+    with pytest.raises(DataError, match=r"bad\.txt:2: not UTF-8"):
+        list(read_documents([tmp_path / "bad.txt"]))
+    (tmp_path / "rows.jsonl").write_text('{"text": "kept"}\n{"text": "  "}\n')
+    report = ReadReport()
+    kept = list(read_documents([tmp_path / "rows.jsonl"], report=report))
+    assert [d.id for d in kept] == ["rows.jsonl:1"] and report.skipped_empty == [f"{tmp_path / 'rows.jsonl'}:2"]
+    with pytest.raises(DataError, match="not found"):
+        list(read_documents([tmp_path / "missing"]))
+
+
+def test_sentences_pack_into_chunks_that_overlap_and_cover_the_document(tiny_bert: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    text = " ".join(f"Sentence number {n} talks about topic {n}." for n in range(12))
+    assert len(sentence_spans(text)) == 12
+    chunks = chunk_document(Document("d", text), tokenizer, 30, 10)
+    sizes = [len(tokenizer(c.text, add_special_tokens=False)["input_ids"]) for c in chunks]
+    assert len(chunks) > 3 and max(sizes) <= 30
+    assert all(c.text == text[c.start : c.end] for c in chunks)
+    assert all(later.start < earlier.end for earlier, later in zip(chunks, chunks[1:]))  # overlap
+    assert chunks[0].start == 0 and chunks[-1].end == len(text)
+    long = Document("long", "word " * 100 + "end.")
+    windows = chunk_document(long, tokenizer, 30, 10)
+    assert max(len(tokenizer(c.text, add_special_tokens=False)["input_ids"]) for c in windows) <= 30
+    assert windows[-1].text.endswith("end.")
+
+
+def test_search_dense_sparse_and_hybrid(docs: Path, settings: RagSettings, tmp_path: Path) -> None:
+    report = build_index([docs], tmp_path / "index", settings)
+    assert report.added == 4 and report.chunks >= 4
+    pipeline = RagPipeline(tmp_path / "index")
+    nile = pipeline.index.chunks[pipeline.index.documents["nile.txt"]["chunks"][0]]
+    assert pipeline.search(f"nile\n{nile.text}", mode="dense")[0].chunk.doc_id == "nile.txt"  # itself: cosine 1
+    assert pipeline.search("Which mountain did climbers reach from Nepal?", mode="sparse")[0].chunk.doc_id == "everest"
+    hybrid = pipeline.search("Climbers from Nepal", top_k=3)
+    assert len(hybrid) == 3 and hybrid[0].chunk.doc_id == "everest"
+    assert pipeline.search("zzzz qqqq", mode="sparse") == []  # no term in common: BM25 returns nothing
+    strict = RagPipeline(tmp_path / "index", ["min_dense_score=0.999"])
+    assert [h.chunk.doc_id for h in strict.search(f"nile\n{nile.text}", mode="dense")] == ["nile.txt"]
+
+
+def test_reciprocal_rank_fusion_by_hand() -> None:
+    fused = dict(reciprocal_rank_fusion([[(1, 0.9), (2, 0.8)], [(2, 7.0), (3, 5.0)]], k=60))
+    assert fused[2] == pytest.approx(1 / 62 + 1 / 61)
+    assert fused[1] == pytest.approx(1 / 61) and fused[3] == pytest.approx(1 / 62)
+    assert list(fused) == [2, 1, 3]
+
+
+def test_reingesting_replaces_changed_documents_without_duplicates(
+    docs: Path, settings: RagSettings, tmp_path: Path
+) -> None:
+    index = tmp_path / "index"
+    build_index([docs], index, settings)
+    chunks_before = RagPipeline(index).size
+    (docs / "nile.txt").write_text("The Nile delta is in Egypt.")
+    report = build_index([docs], index, settings)
+    assert (report.added, report.replaced, report.unchanged) == (0, 1, 3)
+    pipeline = RagPipeline(index)
+    nile = [c.text for c in pipeline.index.chunks.values() if c.doc_id == "nile.txt"]
+    assert nile == ["The Nile delta is in Egypt."] and pipeline.size <= chunks_before
+    assert pipeline.index.dense.index.ntotal == pipeline.size  # vectors of the old chunks are gone
+    (docs / "nile.txt").unlink()
+    assert build_index([docs], index, settings).removed == 0  # without --prune, absent documents stay
+    report = build_index([docs], index, settings, prune=True)
+    assert report.removed == 1 and "nile.txt" not in RagPipeline(index).index.documents
+
+
+def test_an_update_that_fails_leaves_the_previous_index(
+    docs: Path, settings: RagSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nlptasks.rag.store import IndexFolder
+
+    index = tmp_path / "index"
+    build_index([docs], index, settings)
+    before = sorted(p.name for p in index.iterdir())
+    (docs / "extra.txt").write_text("A brand new document about volcanoes.")
+
+    def crash(self: IndexFolder) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(IndexFolder, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        build_index([docs], index, settings)
+    monkeypatch.undo()
+    assert sorted(p.name for p in index.iterdir()) == before
+    assert "extra.txt" not in RagPipeline(index).index.documents
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".index")] == []  # no staging left behind
+
+
+def test_build_settings_are_fixed_once_an_index_exists(docs: Path, settings: RagSettings, tmp_path: Path) -> None:
+    build_index([docs], tmp_path / "index", settings)
+    with pytest.raises(RecipeError, match="rag.chunk_tokens: the index at .* was built with 24"):
+        build_index([docs], tmp_path / "index", settings.model_copy(update={"chunk_tokens": 40}))
+    with pytest.raises(RecipeError, match="rag.encoder: fixed when the index was built"):
+        RagPipeline(tmp_path / "index", ["encoder=minilm-l6"])
+    with pytest.raises(RecipeError, match="rag.top_k"):
+        RagPipeline(tmp_path / "index", ["top_k=0"])
+    with pytest.raises(UserInputError, match="not an index folder"):
+        RagPipeline(tmp_path)
+
+
+def test_chunks_longer_than_the_encoder_reads_are_refused(docs: Path, settings: RagSettings, tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="rag.chunk_tokens: 400 tokens .* exceed the encoder's limit"):
+        build_index([docs], tmp_path / "index", settings.model_copy(update={"chunk_tokens": 400}))
+
+
+def test_qdrant_local_mode_finds_what_faiss_finds(docs: Path, settings: RagSettings, tmp_path: Path) -> None:
+    pytest.importorskip("qdrant_client")
+    build_index([docs], tmp_path / "faiss", settings)
+    build_index([docs], tmp_path / "qdrant", settings.model_copy(update={"store": "qdrant"}))
+    query = "Which mountain did climbers reach from Nepal?"
+    faiss_hits = RagPipeline(tmp_path / "faiss").search(query, mode="dense")
+    qdrant = RagPipeline(tmp_path / "qdrant")
+    qdrant_hits = qdrant.search(query, mode="dense")
+    assert [h.chunk.text for h in faiss_hits] == [h.chunk.text for h in qdrant_hits]
+    assert [h.score for h in faiss_hits] == pytest.approx([h.score for h in qdrant_hits], abs=1e-5)
+    qdrant.index.dense.save()  # releases the local store's lock
+
+
+def hits_for(*texts: str) -> list[Hit]:
+    from nlptasks.rag.documents import Chunk
+
+    return [Hit(i, Chunk(f"doc{i}", 0, text, 0, len(text)), 1.0 / (i + 1)) for i, text in enumerate(texts)]
+
+
+def test_the_prompt_keeps_the_whole_question_and_cuts_passages_to_the_budget(tiny_llama: Path) -> None:
+    generator = DecoderGenerator(RagSettings(generator=str(tiny_llama), max_context_tokens=160))
+    question = "What colour is the sky over the sea on a clear day in summer?"
+    ids, used = generator.prompt(question, hits_for(*["A long passage about weather and light. " * 12] * 3))
+    text = generator.tokenizer.decode(ids)
+    assert len(ids) <= 160 and f"Question: {question}" in text and "[1]" in text
+    assert len(used) < 3  # the rest did not fit
+    with pytest.raises(UserInputError, match="question: .* leave no room for passages"):
+        generator.prompt("why " * 200, hits_for("short"))
+    assert generator.answer(question, []) == {"answer": NOT_FOUND, "found": False, "citations": []}
+
+
+def test_decoder_answers_keep_only_citations_of_passages_it_was_given(
+    tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    generator = DecoderGenerator(RagSettings(generator=str(tiny_llama)))
+    reply = generator.tokenizer("It is 330 metres tall [2], not [7].", add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr("nlptasks.models.generation.generate_ids", lambda model, batch: torch.tensor([reply]))
+    answer = generator.answer("How tall?", hits_for("Everest is high.", "The tower is 330 metres tall."))
+    assert answer["found"] and [c["doc_id"] for c in answer["citations"]] == ["doc1"]
+    nothing = generator.tokenizer(NOT_FOUND, add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr("nlptasks.models.generation.generate_ids", lambda model, batch: torch.tensor([nothing]))
+    assert generator.answer("How tall?", hits_for("Everest is high."))["found"] is False
+
+
+def test_extractive_reader_takes_the_span_with_the_highest_logit_across_chunks() -> None:
+    reader = ExtractiveReader.__new__(ExtractiveReader)
+    reader.min_score = None
+
+    class Spans:
+        def predict(self, inputs: list[dict[str, str]]) -> list[dict[str, object]]:
+            return [
+                {"answer": "Nepal", "logit": 3.0},
+                {"answer": "330 metres", "logit": 9.5},
+                {"answer": "", "logit": None},
+            ]
+
+    reader.predictor = Spans()
+    answer = reader.answer("How tall?", hits_for("a", "b", "c"))
+    assert answer["answer"] == "330 metres" and answer["citations"][0]["n"] == 2
+    reader.min_score = 10.0
+    assert reader.answer("How tall?", hits_for("a", "b", "c"))["found"] is False
+
+
+def test_ranking_metrics_by_hand() -> None:
+    judged = {"a": 2, "b": 1, "c": 0, "d": -1}
+    ranked = ["c", "a", "x", "b"]
+    dcg = 2 / math.log2(3) + 1 / math.log2(5)
+    assert ndcg_at(ranked, judged, 10) == pytest.approx(dcg / (2 / math.log2(2) + 1 / math.log2(3)))
+    assert ndcg_at(ranked, judged, 1) == 0.0
+    assert recall_at(ranked, {"a", "b"}, 2) == 0.5 and recall_at(ranked, {"a", "b"}, 4) == 1.0
+    assert reciprocal_rank(ranked, {"a", "b"}) == 0.5 and reciprocal_rank(ranked, {"z"}) == 0.0
+    assert ranked_documents(hits_for("x", "y")[:1] + hits_for("x", "y")) == ["doc0", "doc1"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def service(docs: Path, settings: RagSettings, tiny_llama: Path, tmp_path: Path):
+    """The FastAPI app served by uvicorn on a free localhost port, in a thread."""
+    import uvicorn
+
+    from nlptasks.rag.serve import create_app
+
+    settings = settings.model_copy(update={"generator": str(tiny_llama)})
+    settings.generation.max_new_tokens = 4
+    build_index([docs], tmp_path / "index", settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(RagPipeline(tmp_path / "index")), port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_service_answers_over_http_and_refuses_bad_requests(service: str) -> None:
+    import httpx
+
+    with httpx.Client(base_url=service, timeout=60) as client:
+        assert client.get("/health").json()["documents"] == 4
+        hits = client.post("/search", json={"query": "climbers from Nepal", "top_k": 2, "mode": "sparse"}).json()
+        assert [h["doc_id"] for h in hits["hits"]][:1] == ["everest"] and len(hits["hits"]) <= 2
+        answer = client.post("/ask", json={"question": "How tall is the Eiffel Tower?"}).json()
+        assert {"answer", "found", "citations", "passages"} <= set(answer)
+        assert (
+            client.post("/search", content=b"{not json", headers={"content-type": "application/json"}).status_code
+            == 422
+        )
+        assert client.post("/search", json={"query": ""}).status_code == 422
+        assert client.post("/search", json={"query": "x", "mode": "fuzzy"}).status_code == 422
+        assert client.post("/search", json={"query": "x", "top_k": 10_000}).status_code == 422
+        assert client.post("/search", json={"query": "x", "extra": 1}).status_code == 422
+        assert client.post("/search", json={"query": "x" * 20_000}).status_code == 413
+
+        def search(query: str) -> str:
+            return client.post("/search", json={"query": query, "mode": "sparse", "top_k": 1}).json()["hits"][0][
+                "doc_id"
+            ]
+
+        queries = ["climbers Nepal", "Nile Mediterranean", "Photosynthesis sugar", "Eiffel Fair"] * 4
+        with ThreadPoolExecutor(8) as pool:
+            found = list(pool.map(search, queries))
+        assert found == ["everest", "nile.txt", "photo", "notes/eiffel.md"] * 4
+
+
+def test_empty_index_searches_and_answers_without_crashing(settings: RagSettings, tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    assert build_index([tmp_path / "docs"], tmp_path / "index", settings).chunks == 0
+    pipeline = RagPipeline(tmp_path / "index")
+    assert pipeline.search("anything") == [] and pipeline.search("anything", mode="dense") == []
+    assert pipeline.ask("anything")["found"] is False
+
+
+def test_cli_index_search_and_errors(
+    docs: Path, tiny_bert: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    index = str(tmp_path / "index")
+    sets = ["--set", f"encoder={tiny_bert}", "--set", "chunk_tokens=24", "--set", "chunk_overlap=8"]
+    assert main(["rag", "index", "--docs", str(docs), "--index", index, *sets]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["documents_added"] == 4
+    assert main(["rag", "search", "--index", index, "--set", "retrieval=sparse", "climbers from Nepal"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["doc_id"] == "everest"
+    assert main(["rag", "search", "--index", index, "--set", "top_kk=3", "x"]) == 2
+    assert "rag.top_kk: unknown key (did you mean 'top_k'?)" in capsys.readouterr().err
+    assert main(["rag", "ask", "--index", str(tmp_path), "x"]) == 2
+    assert "not an index folder" in capsys.readouterr().err
