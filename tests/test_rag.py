@@ -127,6 +127,38 @@ def test_search_dense_sparse_and_hybrid(docs: Path, settings: RagSettings, tmp_p
     assert [h.chunk.doc_id for h in strict.search(f"nile\n{nile.text}", mode="dense")] == ["nile.txt"]
 
 
+def test_rerankers_reorder_the_candidates_by_their_own_scores(
+    docs: Path, settings: RagSettings, tiny_bert: Path, tmp_path: Path
+) -> None:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    cross = tmp_path / "cross"
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig.from_pretrained(tiny_bert, num_labels=1)).save_pretrained(cross)
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(cross)
+    build_index([docs], tmp_path / "index", settings)
+    plain = RagPipeline(tmp_path / "index").search("Climbers from Nepal", top_k=10)  # every candidate
+    for rerank, reranker in (("bi-encoder", tiny_bert), ("cross-encoder", cross)):
+        reranked = RagPipeline(tmp_path / "index", [f"rerank={rerank}", f"reranker={reranker}"])
+        hits = reranked.search("Climbers from Nepal", top_k=10)
+        assert sorted(h.chunk_id for h in hits) == sorted(h.chunk_id for h in plain)  # the same candidates
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        assert hits[0].score != plain[0].score  # scored by the re-ranker, not the fusion
+    with pytest.raises(RecipeError, match="rerank: cross-encoder needs a model in `reranker`"):
+        RagPipeline(tmp_path / "index", ["rerank=cross-encoder"])
+
+
+def test_a_simcse_run_directory_is_an_encoder(tiny_bert: Path, tmp_path: Path) -> None:
+    from nlptasks.rag.retrieve import encoder_location
+
+    run = tmp_path / "simcse-run"
+    (run / "model").mkdir(parents=True)
+    (run / "recipe.yaml").write_text("task: sentence-embedding\n")
+    assert encoder_location(str(run)) == str(run / "model")
+    assert encoder_location("sentence-transformers/all-mpnet-base-v2") == "sentence-transformers/all-mpnet-base-v2"
+
+
 def test_reciprocal_rank_fusion_by_hand() -> None:
     fused = dict(reciprocal_rank_fusion([[(1, 0.9), (2, 0.8)], [(2, 7.0), (3, 5.0)]], k=60))
     assert fused[2] == pytest.approx(1 / 62 + 1 / 61)

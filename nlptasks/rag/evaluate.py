@@ -166,8 +166,20 @@ def _score_squad(pipeline: RagPipeline, queries: list[dict[str, Any]], answer_qu
         }
     metrics: dict[str, Any] = {**by_mode[pipeline.settings.retrieval], "questions": len(queries), "modes": by_mode}
     if answer_questions:
-        metrics.update(_score_answers(pipeline, random.Random(0).sample(queries, min(answer_questions, len(queries)))))
+        pool = _held_out(queries)
+        sample = random.Random(0).sample(pool, min(answer_questions, len(pool)))
+        metrics.update(_score_answers(pipeline, sample), answers_from_held_out_articles=len(pool) < len(queries))
     return metrics
+
+
+def _held_out(queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Questions of the articles `squad_v1_dev_split` holds out where that split exists: a QA run
+    trained on its train split (the offline way) must not be scored on questions it learnt from."""
+    split = local_dataset_folder("squad_v1_dev_split")
+    if split is None:
+        return queries
+    titles = {row["title"] for row in _jsonl(split / "validation.jsonl")}
+    return [q for q in queries if q["gold"].rsplit("#", 1)[0] in titles]
 
 
 def _score_answers(pipeline: RagPipeline, sample: list[dict[str, Any]]) -> dict[str, Any]:

@@ -203,7 +203,7 @@ class IndexFolder:
         self.documents[doc_id] = {"hash": content_hash, "chunks": ids.tolist()}
 
     def save(self) -> None:
-        """Write everything but the dense store's own file(s) and close the store (it writes them)."""
+        """Rebuild BM25 over the chunks and write every file of the folder (a Qdrant store is closed)."""
         self.sparse.rebuild(self.chunks)
         self.dense.save()
         write_atomic(self.folder / "documents.json", json.dumps(self.documents))
