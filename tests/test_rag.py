@@ -265,6 +265,10 @@ def test_decoder_answers_keep_only_citations_of_passages_it_was_given(
     monkeypatch.setattr("nlptasks.models.generation.generate_ids", lambda model, batch: torch.tensor([reply]))
     answer = generator.answer("How tall?", hits_for("Everest is high.", "The tower is 330 metres tall."))
     assert answer["found"] and [c["doc_id"] for c in answer["citations"]] == ["doc1"]
+    uncited = generator.tokenizer("The tower is 330 metres tall.", add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr("nlptasks.models.generation.generate_ids", lambda model, batch: torch.tensor([uncited]))
+    answer = generator.answer("How tall?", hits_for("Everest is high.", "The tower is 330 metres tall.", "Tall."))
+    assert [(c["doc_id"], c["attributed"]) for c in answer["citations"]] == [("doc1", True)]  # most shared words
     nothing = generator.tokenizer(NOT_FOUND, add_special_tokens=False)["input_ids"]
     monkeypatch.setattr("nlptasks.models.generation.generate_ids", lambda model, batch: torch.tensor([nothing]))
     assert generator.answer("How tall?", hits_for("Everest is high."))["found"] is False
@@ -346,6 +350,8 @@ def test_service_answers_over_http_and_refuses_bad_requests(service: str) -> Non
         assert client.post("/search", json={"query": "x", "top_k": 10_000}).status_code == 422
         assert client.post("/search", json={"query": "x", "extra": 1}).status_code == 422
         assert client.post("/search", json={"query": "x" * 20_000}).status_code == 413
+        chunked = iter([b'{"query": "', b"x" * 20_000, b'"}'])  # no content-length: counted as it arrives
+        assert client.post("/search", content=chunked, headers={"content-type": "application/json"}).status_code == 413
 
         def search(query: str) -> str:
             return client.post("/search", json={"query": query, "mode": "sparse", "top_k": 1}).json()["hits"][0][

@@ -100,10 +100,27 @@ class DecoderGenerator:
         if _says_not_found(text):
             return not_found()
         cited = sorted({int(n) for n in CITATION.findall(text) if 1 <= int(n) <= len(used)})
-        return {"answer": text, "found": True, "citations": [citation(n, used[n - 1]) for n in cited]}
+        if cited:
+            return {"answer": text, "found": True, "citations": [citation(n, used[n - 1]) for n in cited]}
+        return {"answer": text, "found": True, "citations": attributed(text, used)}
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def attributed(answer: str, hits: list[Hit]) -> list[dict[str, Any]]:
+    """Citations for an answer that gave none (small models often ignore the instruction): the passage
+    sharing the most words with it, marked `attributed`, or none when no passage shares a content word."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    from nlptasks.tasks.qa import normalize_answer
+
+    words = set(normalize_answer(CITATION.sub(" ", answer)).split()) - ENGLISH_STOP_WORDS
+    overlap = [len(words & set(normalize_answer(hit.chunk.text).split())) for hit in hits]
+    if not overlap or max(overlap) == 0:
+        return []
+    best = overlap.index(max(overlap))
+    return [{**citation(best + 1, hits[best]), "attributed": True}]
 
 
 def _says_not_found(text: str) -> bool:
