@@ -177,24 +177,28 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
             if line.strip():
-                yield f"{path}:{number}", _json_object(line, f"{path}:{number}")
+                yield f"{path}:{number}", json_value(line, f"{path}:{number}")
 
 
 def _json_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    rows = _json_object(path.read_text(encoding="utf-8"), str(path), expect=list)
+    rows = json_value(path.read_text(encoding="utf-8"), str(path), expect=list)
     for number, row in enumerate(rows):
         if not isinstance(row, dict):
             raise DataError(f"{path}: item {number}: expected an object, got {type(row).__name__}")
         yield f"{path}: item {number}", row
 
 
-def _json_object(text: str, where: str, expect: type = dict) -> Any:
+JSON_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
+def json_value(text: str, where: str, expect: type = dict) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(f"{where}: invalid JSON: {err.msg} (column {err.colno})") from None
     if not isinstance(value, expect):
-        raise DataError(f"{where}: expected a JSON {expect.__name__}, got {type(value).__name__}")
+        wanted, got = (JSON_NAMES.get(kind, kind.__name__) for kind in (expect, type(value)))
+        raise DataError(f"{where}: expected a JSON {wanted}, got {got}")
     return value
 
 

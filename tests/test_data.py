@@ -58,7 +58,7 @@ def test_csv_with_renamed_columns_and_integer_labels_with_names(tmp_path: Path) 
         ('{"tokens": [], "ner_tags": []}', "field 'tokens' must be a non-empty list"),
         ('{"tokens": ["a"], "ner_tags": [3]}', "integer tag 3 at position 0 has no name"),
         ('{"tokens": ["a"], "ner_tags": ["O"]', "invalid JSON"),
-        ('["a", "b"]', "expected a JSON dict"),
+        ('["a", "b"]', "expected a JSON object"),
     ],
 )
 def test_bad_ner_rows_name_file_line_and_field(tmp_path: Path, line: str, expected: str) -> None:

@@ -65,7 +65,7 @@ def test_documents_from_text_markdown_jsonl_and_csv_keep_ids_titles_and_metadata
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("a.jsonl", '{"id": "1", "text": "fine"}\n{"id": "2", "text": \n', r"a\.jsonl:2: not valid JSON"),
+        ("a.jsonl", '{"id": "1", "text": "fine"}\n{"id": "2", "text": \n', r"a\.jsonl:2: invalid JSON"),
         ("a.jsonl", '{"id": "1", "body": "no text"}\n', r"a\.jsonl:1: no field 'text'"),
         ("a.jsonl", '{"id": "1", "text": 7}\n', r"a\.jsonl:1: field 'text' must be text"),
         ("a.jsonl", '["a list"]\n', r"a\.jsonl:1: expected a JSON object"),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nlptasks.data import json_value
 from nlptasks.errors import DataError
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown"}
@@ -124,13 +125,7 @@ def _jsonl_rows(text: str, path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     for line, raw in enumerate(text.splitlines(), 1):
         if not raw.strip():
             continue
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{line}: not valid JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{line}: expected a JSON object, got {type(row).__name__}")
-        yield line, row
+        yield line, json_value(raw, f"{path}:{line}")
 
 
 def _csv_rows(text: str, path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
