@@ -91,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("root", nargs="?", default="runs")
 
     commands.add_parser("recipes", help="list the shipped recipes")
+    compare = commands.add_parser("compare", help="a side-by-side report of run directories or recipes (run first)")
+    compare.add_argument("sources", nargs="+", metavar="RUN_DIR_OR_RECIPE")
+    compare.add_argument("--output", required=True, help="the report folder: report.md, report.html, PNG plots")
+    _add_set(compare)
     _add_rag(commands.add_parser("rag", help="retrieval-augmented generation: index, search, ask, eval, serve"))
 
     quickstart = commands.add_parser("quickstart", help="sentiment on Rotten Tomatoes with minilm-l6, offline")
@@ -185,6 +189,13 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from nlptasks.compare import compare
+
+    print(f"report: {compare(args.sources, args.output, args.set) / 'report.md'}")
+    return 0
+
+
 def cmd_rag(args: argparse.Namespace) -> int:
     from nlptasks import rag
 
@@ -246,4 +257,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "recipes": cmd_recipes,
     "quickstart": cmd_quickstart,
     "rag": cmd_rag,
+    "compare": cmd_compare,
 }
