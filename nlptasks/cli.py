@@ -17,7 +17,12 @@ from nlptasks.errors import UserInputError
 from nlptasks.predict import read_texts
 from nlptasks.recipe import parse_overrides, shipped_recipes
 
-QUICKSTART_RECIPE = "quickstart/rotten-tomatoes"
+QUICKSTART_RECIPES = {
+    "minilm-l6 (full fine-tuning)": "quickstart/rotten-tomatoes",
+    "minilm-l6 (LoRA)": "quickstart/rotten-tomatoes-lora",
+    "bilstm (recurrent baseline)": "quickstart/rotten-tomatoes-bilstm",
+}
+QUICKSTART_REPORT = "runs/quickstart-report"
 HEADLINE_METRICS = (
     "accuracy",
     "macro_f1",
@@ -97,7 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_set(compare)
     _add_rag(commands.add_parser("rag", help="retrieval-augmented generation: index, search, ask, eval, serve"))
 
-    quickstart = commands.add_parser("quickstart", help="sentiment on Rotten Tomatoes with minilm-l6, offline")
+    quickstart = commands.add_parser(
+        "quickstart", help="sentiment on Rotten Tomatoes: MiniLM full and LoRA beside a BiLSTM, offline, with a report"
+    )
     _add_set(quickstart)
     return parser
 
@@ -223,10 +230,15 @@ def cmd_rag(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    result = api.run(QUICKSTART_RECIPE, parse_overrides(args.set))
+    from nlptasks.compare import compare
+
+    results = {label: api.run(recipe, parse_overrides(args.set)) for label, recipe in QUICKSTART_RECIPES.items()}
+    report = compare([result.run_dir for result in results.values()], QUICKSTART_REPORT)
     print()
-    print(format_metrics({"minilm-l6 (full fine-tuning)": result.metrics}))
-    print(f"\nrun directory: {result.run_dir}   try: nlptasks predict {result.run_dir} --text 'A triumph.'")
+    print(format_metrics({label: result.metrics for label, result in results.items()}))
+    run_dir = results[next(iter(results))].run_dir
+    print(f"\nside by side: {report / 'report.html'}")
+    print(f"run directory: {run_dir}   try: nlptasks predict {run_dir} --text 'A triumph.'")
     return 0
 
 
