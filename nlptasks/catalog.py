@@ -65,7 +65,7 @@ T5_SIZES: dict[str, dict[str, int]] = {
 """T5 built offline from a size (`models/t5.py`: random weights, a Unigram tokenizer trained on the data).
 
 `num_layers` counts encoder and decoder layers each; `model_args` overrides any field. `t5-mini`
-has 11.4M parameters with its 8,000-piece vocabulary (output layer untied from the embedding); `t5-tiny` is for tests.
+has 9.4M parameters with its 8,000-piece vocabulary (embeddings tied); `t5-tiny` is for tests.
 """
 
 WARM_STARTED: dict[str, str] = {"bert2bert-minilm-l6": "minilm-l6"}
