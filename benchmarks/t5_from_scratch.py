@@ -5,7 +5,12 @@ with a plain PyTorch loop and prints the mean training loss of the last 50 steps
 validation loss on 400 pairs. A loop of its own, not the recipe, so that only the variant
 changes: the question is which setup lets T5 learn from scratch under a fixed budget.
 
-    NLPTASKS_DATA_DIR=../shared/data .venv/bin/python benchmarks/t5_from_scratch.py tied untied embed_lr adafactor
+    NLPTASKS_DATA_DIR=../shared/data .venv/bin/python benchmarks/t5_from_scratch.py \
+        tied small_embedding embed_lr adafactor
+
+transformers 5 always ties T5's output layer to its embedding; `tie_word_embeddings=False` only
+drops the d_model^-0.5 rescaling of the decoder output. `small_embedding` does that and starts
+the shared embedding at std d_model^-0.5 instead of 1, so the logits start at the same scale.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from transformers.optimization import Adafactor
 
 from nlptasks.models.t5 import train_unigram_tokenizer
 
-VARIANTS = ("tied", "untied", "embed_lr", "adafactor")
+VARIANTS = ("tied", "small_embedding", "embed_lr", "adafactor")
 FAST = ("shared.weight", "final_layer_norm")
 """`embed_lr`: the parameters that set the logits' scale in a tied T5, trained at 10x the rate."""
 
@@ -36,12 +41,12 @@ def pairs(split: str) -> list[dict[str, str]]:
 def build(variant: str, vocab: int) -> T5ForConditionalGeneration:
     config = T5Config(
         vocab_size=vocab, d_model=256, d_kv=64, d_ff=1024, num_layers=4, num_heads=4, dropout_rate=0.1,
-        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, tie_word_embeddings=variant != "untied",
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, tie_word_embeddings=variant != "small_embedding",
     )  # fmt: skip
     torch.manual_seed(0)
     model = T5ForConditionalGeneration(config)
-    if variant == "untied":
-        model.lm_head.weight.data.normal_(0.0, 256**-0.5)
+    if variant == "small_embedding":
+        model.shared.weight.data.normal_(0.0, 256**-0.5)
     return model
 
 
