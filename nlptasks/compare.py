@@ -54,7 +54,8 @@ def compare(sources: Sequence[str | Path], output: str | Path, overrides: list[s
     runs = [_finished_run(source, overrides) for source in sources]
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
-    plots = [plot for plot in (_plot_curves(runs, "loss", folder), _plot_curves(runs, "eval", folder)) if plot]
+    curves = {run.folder: _curves(run) for run in runs}
+    plots = [plot for wanted in ("loss", "eval") if (plot := _plot_curves(runs, curves, wanted, folder))]
     text = _report(runs, plots)
     write_atomic(folder / "report.md", text)
     write_atomic(folder / "report.html", _html(text))
@@ -123,8 +124,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def _curve(run: FinishedRun, wanted: str) -> dict[str, list[tuple[float, float]]]:
-    """(epoch, value) series from the run's `logs/metrics.csv`: the training loss, or every `eval_` metric."""
+def _curves(run: FinishedRun) -> dict[str, list[tuple[float, float]]]:
+    """(epoch, value) series from the run's `logs/metrics.csv`: the training loss and every `eval_` metric."""
     path = RunDir(run.folder).logs / "metrics.csv"
     series: dict[str, list[tuple[float, float]]] = {}
     if not path.is_file():
@@ -132,7 +133,7 @@ def _curve(run: FinishedRun, wanted: str) -> dict[str, list[tuple[float, float]]
     with path.open(encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             name = row["name"]
-            keep = name == "loss" if wanted == "loss" else name.startswith("eval_") and _is_curve_metric(name)
+            keep = name == "loss" or name.startswith("eval_") and _is_curve_metric(name)
             if keep and row["epoch"] and row["value"]:
                 series.setdefault(name, []).append((float(row["epoch"]), float(row["value"])))
     return series
@@ -144,7 +145,9 @@ def _is_curve_metric(name: str) -> bool:
     )
 
 
-def _plot_curves(runs: list[FinishedRun], wanted: str, folder: Path) -> Path | None:
+def _plot_curves(
+    runs: list[FinishedRun], curves: dict[Path, dict[str, list[tuple[float, float]]]], wanted: str, folder: Path
+) -> Path | None:
     """One PNG of every run's training loss, or of its main validation metric, against epochs."""
     import matplotlib
 
@@ -154,7 +157,7 @@ def _plot_curves(runs: list[FinishedRun], wanted: str, folder: Path) -> Path | N
     figure, axes = plt.subplots(figsize=(7, 4))
     drawn = False
     for run in runs:
-        series = _curve(run, wanted)
+        series = curves[run.folder]
         key = "loss" if wanted == "loss" else _main_eval_key(run, series)
         if key in series:
             epochs, values = zip(*series[key])
@@ -178,7 +181,7 @@ def _main_eval_key(run: FinishedRun, series: dict[str, Any]) -> str:
     from nlptasks.tasks import TASKS
 
     wanted = f"eval_{run.recipe.train.metric_for_best_model or TASKS[run.recipe.task].main_metric}"
-    return wanted if wanted in series else next(iter(series), "")
+    return wanted if wanted in series else next((name for name in series if name.startswith("eval_")), "")
 
 
 def _html(markdown_text: str) -> str:

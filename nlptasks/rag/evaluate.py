@@ -30,7 +30,6 @@ from nlptasks.rag.settings import RagSettings
 from nlptasks.rag.store import SETTINGS_FILE
 from nlptasks.tasks.qa import normalize_answer, token_f1
 
-MODES = ("dense", "sparse", "hybrid")
 BENCHMARKS = ("cranfield", "squad")
 LATENCY_QUERIES = 200
 
@@ -144,8 +143,8 @@ def _check_holds_benchmark(pipeline: RagPipeline, queries: list[dict[str, Any]],
 def _score_cranfield(pipeline: RagPipeline, queries: list[dict[str, Any]]) -> dict[str, Any]:
     texts = [q["text"] for q in queries]
     by_mode = {}
-    for mode in MODES:
-        rankings = [ranked_documents(hits) for hits in pipeline.search_many(texts, top_k=200, mode=mode)]
+    for mode, found in pipeline.search_modes(texts, top_k=200).items():
+        rankings = [ranked_documents(hits) for hits in found]
         relevant = [{doc for doc, score in q["judged"].items() if score > 0} for q in queries]
         by_mode[mode] = {
             "ndcg@10": float(np.mean([ndcg_at(r, q["judged"], 10) for r, q in zip(rankings, queries)])),
@@ -158,8 +157,8 @@ def _score_cranfield(pipeline: RagPipeline, queries: list[dict[str, Any]]) -> di
 def _score_squad(pipeline: RagPipeline, queries: list[dict[str, Any]], answer_questions: int) -> dict[str, Any]:
     texts = [q["text"] for q in queries]
     by_mode = {}
-    for mode in MODES:
-        rankings = [ranked_documents(hits) for hits in pipeline.search_many(texts, top_k=40, mode=mode)]
+    for mode, found in pipeline.search_modes(texts, top_k=40).items():
+        rankings = [ranked_documents(hits) for hits in found]
         by_mode[mode] = {
             f"recall@{k}": float(np.mean([recall_at(r, {q["gold"]}, k) for r, q in zip(rankings, queries)]))
             for k in (1, 5, 10, 20)

@@ -144,10 +144,10 @@ class ExtractiveReader:
         if not hits:
             return not_found()
         spans = self.predictor.predict([{"question": question, "context": hit.chunk.text} for hit in hits])
-        ranked = sorted((i for i, span in enumerate(spans) if span["answer"]), key=lambda i: -spans[i]["logit"])
-        if not ranked or (self.min_score is not None and spans[ranked[0]]["logit"] < self.min_score):
+        answered = [i for i, span in enumerate(spans) if span["answer"]]
+        best = max(answered, key=lambda i: spans[i]["logit"], default=None)
+        if best is None or (self.min_score is not None and spans[best]["logit"] < self.min_score):
             return not_found()
-        best = ranked[0]
         return {
             "answer": spans[best]["answer"],
             "found": True,

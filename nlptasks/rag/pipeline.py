@@ -178,6 +178,11 @@ class RagPipeline:
         with self._lock:
             return self.retriever.search(queries, top_k, mode)
 
+    def search_modes(self, queries: list[str], top_k: int | None = None) -> dict[str, list[list[Hit]]]:
+        """Dense, BM25 and hybrid hits for each query, each query embedded once (for benchmarks)."""
+        with self._lock:
+            return self.retriever.search_modes(queries, top_k)
+
     def ask(self, question: str, top_k: int | None = None) -> dict[str, Any]:
         """The answer with its numbered citations (document ids) and the passages it was given."""
         hits = self.search(question, top_k)

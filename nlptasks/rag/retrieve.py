@@ -11,6 +11,7 @@ import numpy as np
 from nlptasks.rag.documents import Chunk, embedding_text
 from nlptasks.rag.settings import RagSettings
 from nlptasks.rag.store import IndexFolder
+from nlptasks.rundir import RunDir
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,9 @@ def encoder_location(name: str) -> str:
     """A run directory's saved model, a model alias's folder, or the name itself (a folder or Hub id)."""
     from nlptasks.catalog import MODELS, resolve_model
 
-    path = Path(name).expanduser()
-    if (path / "recipe.yaml").is_file() and (path / "model").is_dir():
-        return str(path / "model")
+    run = RunDir(Path(name).expanduser())
+    if run.recipe.is_file() and run.model.is_dir():
+        return str(run.model)
     return resolve_model(name).location if name in MODELS else name
 
 
@@ -70,18 +71,27 @@ class Retriever:
 
     def search(self, queries: list[str], top_k: int | None = None, mode: str | None = None) -> list[list[Hit]]:
         """The best `top_k` chunks for each query, best first."""
-        top_k = top_k or self.settings.top_k
         mode = mode or self.settings.retrieval
+        return self.search_modes(queries, top_k, (mode,))[mode]
+
+    def search_modes(
+        self, queries: list[str], top_k: int | None = None, modes: tuple[str, ...] = ("dense", "sparse", "hybrid")
+    ) -> dict[str, list[list[Hit]]]:
+        """`search` in several modes at once: each query is embedded and BM25-scored once for all of them."""
+        top_k = top_k or self.settings.top_k
         wanted = max(top_k, self.settings.candidates)
-        dense = self._dense(queries, wanted) if mode in ("dense", "hybrid") else None
-        sparse = self._sparse(queries, wanted) if mode in ("sparse", "hybrid") else None
-        if mode == "hybrid":
-            rankings = [reciprocal_rank_fusion([d, s], self.settings.rrf_k) for d, s in zip(dense, sparse)]
-        else:
-            rankings = dense if dense is not None else sparse
-        if self.settings.rerank != "none":
-            rankings = [self._rerank(query, ranking[:wanted]) for query, ranking in zip(queries, rankings)]
-        return [[Hit(i, self.index.chunks[i], score) for i, score in ranking[:top_k]] for ranking in rankings]
+        dense = self._dense(queries, wanted) if {"dense", "hybrid"} & set(modes) else []
+        sparse = self._sparse(queries, wanted) if {"sparse", "hybrid"} & set(modes) else []
+        found = {}
+        for mode in modes:
+            if mode == "hybrid":
+                rankings = [reciprocal_rank_fusion([d, s], self.settings.rrf_k) for d, s in zip(dense, sparse)]
+            else:
+                rankings = dense if mode == "dense" else sparse
+            if self.settings.rerank != "none":
+                rankings = [self._rerank(query, ranking[:wanted]) for query, ranking in zip(queries, rankings)]
+            found[mode] = [[Hit(i, self.index.chunks[i], score) for i, score in r[:top_k]] for r in rankings]
+        return found
 
     def _dense(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
         found = self.index.dense.search(embed(self.encoder, queries), k)

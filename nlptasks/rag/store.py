@@ -184,10 +184,8 @@ class IndexFolder:
             FaissStore(folder, dim) if settings.store == "faiss" else QdrantStore(folder, dim, settings)
         )
         self.sparse = SparseIndex(folder)
-
-    @property
-    def next_id(self) -> int:
-        return max(self.chunks, default=-1) + 1
+        self.next_id = max(self.chunks, default=-1) + 1
+        """The id of the next chunk added, counted here: taking the max on every add is quadratic in an ingest."""
 
     def remove_document(self, doc_id: str) -> None:
         ids = self.documents.pop(doc_id)["chunks"]
@@ -197,6 +195,7 @@ class IndexFolder:
 
     def add_document(self, doc_id: str, content_hash: str, chunks: list[Chunk], vectors: np.ndarray) -> None:
         ids = np.arange(self.next_id, self.next_id + len(chunks))
+        self.next_id += len(chunks)
         if len(chunks):
             self.dense.add(ids, vectors)
         self.chunks.update(zip(ids.tolist(), chunks))
