@@ -48,8 +48,8 @@ MODELS: dict[str, PackagedModel] = {
     ),
 }
 
-RECURRENT_MODELS = {"bilstm": "lstm", "bigru": "gru"}
-"""Recurrent baselines by name, with the RNN cell each uses."""
+RECURRENT_MODELS = {"bilstm": "lstm", "bigru": "gru", "birnn": "rnn", "bilstm-peephole": "peephole-lstm"}
+"""Recurrent baselines by name, with the RNN cell each uses (`model_args.bidirectional: false` drops the `bi`)."""
 RECURRENT_MODEL_TYPE = "nlptasks-birnn"
 """`model_type` in the config of a saved recurrent baseline."""
 

@@ -23,6 +23,7 @@ from nlptasks.models.recurrent import (
     RecurrentOptions,
     build,
 )
+from nlptasks.models.rnn_layers import CELLS, PeepholeLSTM, packed_rnn
 from nlptasks.tasks.classification import Classification
 from nlptasks.tasks.ner import NER, NEROptions
 
@@ -131,10 +132,10 @@ def test_tokenizer_round_trips_through_auto_tokenizer(tmp_path: Path) -> None:
 # --- models ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("crf", [False, True])
 def test_token_model_forward_on_a_padded_batch(cell: str, crf: bool) -> None:
-    model = token_model(cell, crf=crf)
+    model = token_model(cell, crf=crf, bidirectional=cell != "rnn", num_layers=1 + (cell == "peephole-lstm"))
     batch = ner_batch(make_tokenizer())
     assert batch["input_ids"].shape[0] == 2 and batch["attention_mask"][1].sum() < batch["input_ids"].shape[1]
     output = model(**model_inputs(batch))
@@ -143,9 +144,9 @@ def test_token_model_forward_on_a_padded_batch(cell: str, crf: bool) -> None:
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-@pytest.mark.parametrize("crf", [False, True])
-def test_padding_does_not_change_the_loss(crf: bool) -> None:
-    model = token_model(crf=crf).eval()
+@pytest.mark.parametrize(("cell", "crf"), [("lstm", False), ("lstm", True), ("peephole-lstm", False)])
+def test_padding_does_not_change_the_loss(cell: str, crf: bool) -> None:
+    model = token_model(cell, crf=crf, num_layers=2).eval()
     batch = ner_batch(make_tokenizer())
     padded = batch["attention_mask"] == 0
     changed = dict(batch, input_ids=batch["input_ids"].masked_fill(padded, 5))
@@ -219,6 +220,47 @@ def test_sequence_classification_with_each_pooling(pooling: str, tmp_path: Path)
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(loaded(**batch).logits, output.logits)
+
+
+def test_peephole_lstm_reads_each_row_alone_in_both_directions_and_its_gates_see_the_cell() -> None:
+    torch.manual_seed(0)
+    layer = PeepholeLSTM(3, 4, num_layers=2, bidirectional=True)
+    inputs, mask = torch.randn(2, 5, 3), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    states, (h, c) = packed_rnn(layer, inputs, mask)
+    alone, (h_alone, _) = packed_rnn(layer, inputs[1:, :3], mask[1:, :3])
+    assert states.shape == (2, 5, 8) and h.shape == c.shape == (4, 2, 4)  # (layers * directions, batch, hidden)
+    assert torch.allclose(states[1, :3], alone[0], atol=1e-6) and (states[1, 3:] == 0).all()
+    assert torch.allclose(h[:, 1], h_alone[:, 0], atol=1e-6)  # padding leaves the final state alone
+    one_layer = PeepholeLSTM(3, 4, bidirectional=True)
+    by_hand, _ = one_layer.cells[1](inputs[1:, :3].flip(1), mask[1:, :3])
+    states = packed_rnn(one_layer, inputs, mask)[0]
+    assert torch.allclose(states[1, :3, 4:], by_hand[0].flip(0), atol=1e-6)  # the second direction reads right to left
+    stateless = PeepholeLSTM(3, 4)
+    stateless.load_state_dict({k: v for k, v in layer.state_dict().items() if k.startswith("cells.0.")})
+    with torch.no_grad():
+        stateless.cells[0].peepholes.zero_()
+        plain = torch.nn.LSTM(3, 4, batch_first=True)
+        weights = stateless.cells[0]
+        plain.weight_ih_l0.copy_(weights.input_weights.weight)
+        plain.bias_ih_l0.copy_(weights.input_weights.bias)
+        plain.weight_hh_l0.copy_(weights.hidden_weights.weight)
+        plain.bias_hh_l0.zero_()
+    assert torch.allclose(packed_rnn(stateless, inputs, mask)[0], packed_rnn(plain, inputs, mask)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("alias", ["birnn", "bilstm-peephole"])
+def test_every_cell_and_a_left_to_right_rnn_build_and_round_trip(alias: str, tmp_path: Path) -> None:
+    data = datasets.Dataset.from_dict({"text": ["Merkel visited Paris.", "Barlin!"], "label": [["pos"], ["neg"]]})
+    task = Classification(Classification.Options(), max_length=16, stride=0)
+    cell = catalog.RECURRENT_MODELS[alias]
+    model, tokenizer = build(task, cell, {**SMALL, "bidirectional": False}, ["neg", "pos"], data)
+    assert model.classifier.in_features == SMALL["hidden_size"]  # one direction's states
+    batch = tokenizer(["Merkel visited Paris.", "Barlin!"], padding=True, return_tensors="pt")
+    model.eval().save_pretrained(tmp_path)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.cell == cell
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, model(**batch).logits)
 
 
 def test_build_for_ner_sizes_everything_from_the_training_split() -> None:

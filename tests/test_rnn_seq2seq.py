@@ -90,6 +90,10 @@ def test_padded_source_tokens_change_neither_logits_nor_generations(attention: s
         alone = model(input_ids=batch["input_ids"][1:2, :3], labels=LABELS[1:2]).logits
     assert torch.allclose(alone, logits[1:2], atol=1e-6)  # a source scores the same alone and padded in a batch
     assert torch.equal(generate_ids(model, changed), generate_ids(model, batch))
+    with torch.no_grad():
+        [weights] = model(**batch, labels=LABELS, output_attentions=True).cross_attentions
+    assert weights.shape == (3, LABELS.shape[1], batch["input_ids"].shape[1])  # (batch, target, source)
+    assert torch.allclose(weights.sum(-1), torch.ones(3, LABELS.shape[1])) and (weights[1, :, 3:] == 0).all()
 
 
 @pytest.mark.parametrize("tie", [True, False])

@@ -1,4 +1,4 @@
-"""Recurrent baselines (BiLSTM / BiGRU, optional char encoder and CRF) as `transformers` models.
+"""Recurrent baselines (RNN / LSTM / GRU / peephole LSTM, optional char encoder and CRF) as `transformers` models.
 
 They are `PreTrainedModel`s registered with the Auto classes, with a word-level fast tokenizer
 registered with `AutoTokenizer`, so recipes, the Trainer-based training core, metrics, checkpoints
@@ -16,7 +16,6 @@ import torch
 from pydantic import Field
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torchcrf import CRF
 from transformers import (
     AutoConfig,
@@ -38,6 +37,7 @@ from transformers.modeling_outputs import (
 
 from nlptasks.catalog import RECURRENT_MODEL_TYPE
 from nlptasks.errors import RecipeError
+from nlptasks.models.rnn_layers import PeepholeLSTM, packed_rnn, recurrent_layer
 from nlptasks.recipe import Section, validate_section
 from nlptasks.tasks.base import Task
 from nlptasks.tasks.ner import WORD
@@ -47,7 +47,7 @@ NOT_CHOSEN = -1e4
 
 
 class RecurrentOptions(Section):
-    """`model_args` of `bilstm` / `bigru` recipes."""
+    """`model_args` of `bilstm` / `bigru` / `birnn` / `bilstm-peephole` recipes."""
 
     embedding_dim: int = Field(default=100, gt=0)
     """Size of the (randomly initialised) word embeddings."""
@@ -55,6 +55,8 @@ class RecurrentOptions(Section):
     """RNN state size per direction; the BiRNN output is twice this."""
     num_layers: int = Field(default=1, gt=0)
     """Stacked BiRNN layers (one is the classic tagger; dropout also applies between layers)."""
+    bidirectional: bool = True
+    """Read right to left as well (the `bi` of the names); `false` gives a left-to-right RNN of `hidden_size` states."""
     dropout: float = Field(default=0.5, ge=0, lt=1)
     """Dropout on the RNN input, between layers and before the output layer."""
     word_dropout: float = Field(default=0.05, ge=0, lt=1)
@@ -90,6 +92,12 @@ class BiRNNConfig(PreTrainedConfig):
     @property
     def recurrent(self) -> RecurrentOptions:
         return RecurrentOptions.model_validate(self.options or {})
+
+    @property
+    def state_size(self) -> int:
+        """Width of the encoder's states: both directions' states side by side."""
+        opts = self.recurrent
+        return opts.hidden_size * (2 if opts.bidirectional else 1)
 
 
 class BiRNNTokenizer(TokenizersBackend):
@@ -171,7 +179,7 @@ class BiRNNTokenizer(TokenizersBackend):
 
 
 class BiRNNEncoder(nn.Module):
-    """Words (+ char CNN vectors) through a bidirectional RNN; padding never enters the RNN (packed)."""
+    """Words (+ char CNN vectors) through a (bidirectional) RNN; padding never enters the RNN (packed)."""
 
     def __init__(self, config: BiRNNConfig) -> None:
         super().__init__()
@@ -183,21 +191,15 @@ class BiRNNEncoder(nn.Module):
             self.char_embeddings = nn.Embedding(config.char_vocab_size, opts.char_dim, padding_idx=0)
             self.char_conv = nn.Conv1d(opts.char_dim, opts.char_hidden, kernel_size=3, padding=1)
             rnn_input += opts.char_hidden
-        rnn_class = {"lstm": nn.LSTM, "gru": nn.GRU}[config.cell]
-        self.rnn = rnn_class(
-            rnn_input,
-            opts.hidden_size,
-            num_layers=opts.num_layers,
-            dropout=opts.dropout if opts.num_layers > 1 else 0.0,
-            batch_first=True,
-            bidirectional=True,
+        self.rnn = recurrent_layer(
+            config.cell, rnn_input, opts.hidden_size, opts.num_layers, opts.dropout, opts.bidirectional
         )
         self.dropout = nn.Dropout(opts.dropout)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, char_ids: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(states (batch, seq, 2*hidden), mask (batch, seq) bool) for right-padded batches."""
+        """(states (batch, seq, state_size), mask (batch, seq) bool) for right-padded batches."""
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         if self.training and self.word_dropout > 0:
             dropped = (torch.rand(input_ids.shape, device=input_ids.device) < self.word_dropout) & (input_ids > 1)
@@ -235,7 +237,7 @@ def init_recurrent_weights(module: nn.Module) -> None:
         init.normal_(module.weight, std=module.embedding_dim**-0.5)
         if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
             module.weight[module.padding_idx].zero_()
-    elif isinstance(module, (nn.RNNBase, nn.Linear, nn.Conv1d, CRF)):
+    elif isinstance(module, (nn.RNNBase, PeepholeLSTM, nn.Linear, nn.Conv1d, CRF)):
         module.reset_parameters()
 
 
@@ -244,7 +246,7 @@ class BiRNNForTokenClassification(BiRNNPreTrainedModel):
         super().__init__(config)
         opts = config.recurrent
         self.encoder = BiRNNEncoder(config)
-        self.classifier = nn.Linear(2 * opts.hidden_size, config.num_labels)
+        self.classifier = nn.Linear(config.state_size, config.num_labels)
         self.crf = CRF(config.num_labels, batch_first=True) if opts.crf else None
         self.post_init()
 
@@ -301,7 +303,7 @@ class BiRNNForSequenceClassification(BiRNNPreTrainedModel):
         opts = config.recurrent
         self.pooling = opts.pooling
         self.encoder = BiRNNEncoder(config)
-        width = 2 * opts.hidden_size
+        width = config.state_size
         if opts.pooling == "attention":
             self.attention = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 1, bias=False))
         self.classifier = nn.Linear(width, config.num_labels)
@@ -347,11 +349,10 @@ class BiRNNForQuestionAnswering(BiRNNPreTrainedModel):
     def __init__(self, config: BiRNNConfig) -> None:
         super().__init__(config)
         opts = config.recurrent
-        width = 2 * opts.hidden_size
+        width = config.state_size
         self.encoder = BiRNNEncoder(config)
         self.attention = nn.Linear(width, width, bias=False)
-        rnn_class = type(self.encoder.rnn)  # the recipe's cell (LSTM or GRU) for the modelling layer too
-        self.modeling = rnn_class(3 * width + 1, opts.hidden_size, batch_first=True, bidirectional=True)
+        self.modeling = recurrent_layer(config.cell, 3 * width + 1, opts.hidden_size, bidirectional=opts.bidirectional)
         self.pointers = nn.Linear(width, 2)
         self.no_answer = nn.Linear(width, 2)
         self.dropout = nn.Dropout(opts.dropout)
@@ -377,7 +378,7 @@ class BiRNNForQuestionAnswering(BiRNNPreTrainedModel):
         exact = ((context_ids.unsqueeze(2) == question_ids.unsqueeze(1)) & question_mask.unsqueeze(1)).any(-1)
         exact = (exact & (context_ids > 1)).unsqueeze(-1).to(context.dtype)  # [PAD] and [UNK] match nothing
         merged = torch.cat([context, attended, context * attended, exact], -1)
-        modeled = self.dropout(packed_rnn(self.modeling, merged, context_mask)[0])  # (batch, context, 2 * hidden)
+        modeled = self.dropout(packed_rnn(self.modeling, merged, context_mask)[0])  # (batch, context, width)
         scores = _at_positions(self.pointers(modeled), context_mask, order, input_ids.shape[1])
         pooled = modeled.masked_fill(~context_mask.unsqueeze(-1), float("-inf")).amax(1)
         scores = torch.cat([self.no_answer(pooled).unsqueeze(1), scores[:, 1:]], 1)
@@ -406,16 +407,6 @@ class BiRNNForQuestionAnswering(BiRNNPreTrainedModel):
         chars = None if char_ids is None else char_ids.gather(1, order.unsqueeze(-1).expand(-1, -1, char_ids.shape[-1]))
         states, _ = self.encoder(ids, part_mask, chars)
         return states, ids, part_mask, order
-
-
-def packed_rnn(rnn: nn.RNNBase, inputs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
-    """`rnn` states (batch, seq, directions * hidden) for right-padded rows, and its final state.
-
-    Padding never enters the RNN, so the final state is each row's own last token's (an LSTM's is (h, c)).
-    """
-    lengths = mask.sum(1).clamp(min=1).cpu()
-    states, final = rnn(pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False))
-    return pad_packed_sequence(states, batch_first=True, total_length=inputs.shape[1])[0], final
 
 
 def _at_positions(scores: torch.Tensor, mask: torch.Tensor, order: torch.Tensor, length: int) -> torch.Tensor:

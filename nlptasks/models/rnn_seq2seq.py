@@ -38,7 +38,8 @@ from transformers.models.bart.modeling_bart import shift_tokens_right
 
 from nlptasks.catalog import RNN_SEQ2SEQ_MODEL_TYPE
 from nlptasks.errors import RecipeError
-from nlptasks.models.recurrent import init_recurrent_weights, packed_rnn
+from nlptasks.models.recurrent import init_recurrent_weights
+from nlptasks.models.rnn_layers import packed_rnn, recurrent_layer
 from nlptasks.models.t5 import train_unigram_tokenizer
 from nlptasks.recipe import Section, validate_section
 from nlptasks.tasks.base import Task
@@ -103,7 +104,7 @@ class RNNEncoder(nn.Module):
         super().__init__()
         opts = config.rnn
         self.embeddings = nn.Embedding(config.vocab_size, opts.embedding_dim)
-        self.rnn = _rnn(config, opts.embedding_dim, bidirectional=True)
+        self.rnn = recurrent_layer(config.cell, opts.embedding_dim, opts.hidden_size, opts.num_layers, opts.dropout)
         self.bridge = nn.Linear(2 * opts.hidden_size, opts.hidden_size)
         self.dropout = nn.Dropout(opts.dropout)
 
@@ -149,20 +150,23 @@ class RNNAttentionDecoder(nn.Module):
     def __init__(self, config: RNNSeq2SeqConfig) -> None:
         super().__init__()
         opts = config.rnn
-        self.rnn = _rnn(config, opts.embedding_dim, bidirectional=False)
+        self.rnn = recurrent_layer(
+            config.cell, opts.embedding_dim, opts.hidden_size, opts.num_layers, opts.dropout, bidirectional=False
+        )
         self.attention = Attention(opts.attention, opts.hidden_size, 2 * opts.hidden_size)
         self.combine = nn.Linear(3 * opts.hidden_size, opts.embedding_dim)  # W_c of Luong's attentional vector
         self.dropout = nn.Dropout(opts.dropout)
 
     def forward(
         self, embedded: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor, state: RNNState
-    ) -> tuple[torch.Tensor, RNNState]:
-        """Attentional vectors (batch, target, embedding) and the state after the last target token."""
+    ) -> tuple[torch.Tensor, RNNState, torch.Tensor]:
+        """Attentional vectors (batch, target, embedding), the state after the last target token and the
+        attention weights (batch, target, source)."""
         lstm = isinstance(self.rnn, nn.LSTM)  # takes and returns (h, c); a GRU takes and returns h
         outputs, rnn_state = self.rnn(self.dropout(embedded), state if lstm else state[0])
-        context, _ = self.attention(outputs, memory, mask)
+        context, weights = self.attention(outputs, memory, mask)
         attentional = torch.tanh(self.combine(torch.cat([outputs, context], -1)))
-        return self.dropout(attentional), rnn_state if lstm else (rnn_state,)
+        return self.dropout(attentional), rnn_state if lstm else (rnn_state,), weights
 
 
 class RNNSeq2SeqPreTrainedModel(PreTrainedModel):
@@ -209,13 +213,15 @@ class RNNSeq2SeqForConditionalGeneration(RNNSeq2SeqPreTrainedModel, GenerationMi
         cache: RNNState | None = None,
         labels: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs: Any,
     ) -> Seq2SeqLMOutput:
         """Next-token logits (batch, target, vocab) after each decoder input token.
 
         Training passes `labels` (decoder inputs are those shifted right after the start token);
         `generate` passes the encoder outputs once, then one new token and the state returned
-        last time (`cache`, only returned with `use_cache`).
+        last time (`cache`, only returned with `use_cache`). `output_attentions` returns the attention
+        weights over the source (batch, target, source) as `cross_attentions` (one layer).
         """
         if encoder_outputs is None:
             encoder_outputs = self.encoder(input_ids, attention_mask)
@@ -226,14 +232,18 @@ class RNNSeq2SeqForConditionalGeneration(RNNSeq2SeqPreTrainedModel, GenerationMi
         if attention_mask is not None:
             mask = attention_mask.bool()
         state = cache if cache is not None else self._initial_state(encoder_outputs)
-        hidden, state = self.decoder(self.encoder.embeddings(decoder_input_ids), memory, mask, state)
+        hidden, state, weights = self.decoder(self.encoder.embeddings(decoder_input_ids), memory, mask, state)
         logits = self.lm_head(hidden)
         loss = None
         if labels is not None:
             flat = logits.flatten(0, 1).float()
             loss = fixed_cross_entropy(flat, labels.flatten(), kwargs.get("num_items_in_batch"))
         return Seq2SeqLMOutput(
-            loss=loss, logits=logits, cache=state if use_cache else None, encoder_last_hidden_state=memory
+            loss=loss,
+            logits=logits,
+            cache=state if use_cache else None,
+            encoder_last_hidden_state=memory,
+            cross_attentions=(weights,) if output_attentions else None,
         )
 
     def _initial_state(self, encoder_outputs: RNNEncoderOutput) -> RNNState:
@@ -244,19 +254,6 @@ class RNNSeq2SeqForConditionalGeneration(RNNSeq2SeqPreTrainedModel, GenerationMi
     def _reorder_cache(self, cache: RNNState, beam_idx: torch.Tensor) -> RNNState:
         """The state rows of the beams beam search keeps, in its new order."""
         return tuple(state.index_select(1, beam_idx.to(state.device)) for state in cache)
-
-
-def _rnn(config: RNNSeq2SeqConfig, input_size: int, bidirectional: bool) -> nn.RNNBase:
-    opts = config.rnn
-    rnn_class = {"lstm": nn.LSTM, "gru": nn.GRU}[config.cell]
-    return rnn_class(
-        input_size,
-        opts.hidden_size,
-        num_layers=opts.num_layers,
-        dropout=opts.dropout if opts.num_layers > 1 else 0.0,
-        batch_first=True,
-        bidirectional=bidirectional,
-    )
 
 
 def build(
