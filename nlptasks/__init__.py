@@ -7,6 +7,7 @@ import logging
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from nlptasks.api import evaluate, export, list_adapters, load, run
+from nlptasks.compare import compare
 from nlptasks.errors import DataError, RecipeError, UserInputError
 from nlptasks.predict import Predictor
 from nlptasks.recipe import Recipe, load_recipe
@@ -19,6 +20,7 @@ __all__ = [
     "RecipeError",
     "RunResult",
     "UserInputError",
+    "compare",
     "evaluate",
     "export",
     "list_adapters",

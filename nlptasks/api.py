@@ -38,7 +38,7 @@ def run(
 
 
 def load(run_dir: str | Path, **options: Any) -> Predictor:
-    """A predictor for a finished run directory."""
+    """A predictor for a finished run directory (`generation={"num_beams": 1}` changes its decoding)."""
     return Predictor(run_dir, **options)
 
 

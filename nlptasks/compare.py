@@ -148,13 +148,14 @@ def _is_curve_metric(name: str) -> bool:
 def _plot_curves(
     runs: list[FinishedRun], curves: dict[Path, dict[str, list[tuple[float, float]]]], wanted: str, folder: Path
 ) -> Path | None:
-    """One PNG of every run's training loss, or of its main validation metric, against epochs."""
-    import matplotlib
+    """One PNG of every run's training loss, or of its main validation metric, against epochs.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on a bare `Figure`: pyplot (and its global backend) stays the caller's, inline plots in notebooks too.
+    """
+    from matplotlib.figure import Figure
 
-    figure, axes = plt.subplots(figsize=(7, 4))
+    figure = Figure(figsize=(7, 4))
+    axes = figure.subplots()
     drawn = False
     for run in runs:
         series = curves[run.folder]
@@ -164,7 +165,6 @@ def _plot_curves(
             axes.plot(epochs, values, marker="" if wanted == "loss" else "o", label=f"{run.name} ({key})")
             drawn = True
     if not drawn:
-        plt.close(figure)
         return None
     axes.set_xlabel("epoch")
     axes.set_ylabel("training loss" if wanted == "loss" else "validation metric")
@@ -173,7 +173,6 @@ def _plot_curves(
     path = folder / ("learning_curves.png" if wanted == "loss" else "validation_curves.png")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return path
 
 

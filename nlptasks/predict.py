@@ -25,14 +25,20 @@ from nlptasks.adapters import base_model_of, is_adapter_folder
 from nlptasks.data import pad_batch
 from nlptasks.errors import UserInputError
 from nlptasks.models import generation
-from nlptasks.recipe import Recipe, load_recipe
+from nlptasks.recipe import GenerationSettings, Recipe, load_recipe, validate_section
 from nlptasks.rundir import RunDir
 from nlptasks.tasks import task_for
 from nlptasks.tasks.base import json_input, sorted_by_length
 
 
 class Predictor:
-    def __init__(self, run_dir: str | Path, batch_size: int = 64, chunk_size: int = 1024) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        batch_size: int = 64,
+        chunk_size: int = 1024,
+        generation: dict[str, Any] | None = None,
+    ) -> None:
         self.run_dir = RunDir(Path(run_dir))
         if not self.run_dir.recipe.is_file():
             raise UserInputError(f"{run_dir}: not a finished run directory (no recipe.yaml)")
@@ -58,6 +64,16 @@ class Predictor:
         self._adapters: dict[str, _AdapterSettings] = {}
         if isinstance(self.model, PeftModel):
             self._adapters[name] = _AdapterSettings.of(self.run_dir.model)
+        if generation:
+            self.set_generation(**generation)
+
+    def set_generation(self, **settings: Any) -> None:
+        """Decode from now on with the recipe's `generation` settings changed by these (`num_beams=1`, ...).
+
+        Lets one trained model be compared under greedy, beam and sampling decoding without retraining.
+        """
+        values = {**self.recipe.generation.model_dump(), **settings}
+        generation.configure(self.model, validate_section(GenerationSettings, values, "generation"))
 
     @property
     def adapters(self) -> list[str]:
@@ -144,6 +160,31 @@ class Predictor:
         ]
 
     @torch.inference_mode()
+    def cross_attention(self, text: str) -> CrossAttention:
+        """What an encoder-decoder generates for `text` and where each generated token looked in the input.
+
+        For attention heat maps: weights are (output tokens, input tokens), averaged over layers and heads.
+        """
+        if not (self.task.generates and self.model.config.is_encoder_decoder):
+            raise UserInputError("cross_attention: only an encoder-decoder model attends over an input it encoded")
+        model = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        if model.config._attn_implementation not in (None, "eager"):
+            model.set_attn_implementation("eager")  # fused kernels (sdpa, flash) never return their weights
+        features = self.task.featurize(self.task.examples_from_texts([text]), self.tokenizer, self.label2id)
+        [batch] = self._batches(features)
+        inputs = {key: batch[key] for key in generation.GENERATION_INPUTS}
+        generated = generation.generate_ids(self.model, inputs)
+        layers = self.model(**inputs, labels=generated, output_attentions=True).cross_attentions
+        per_layer = [layer.float().mean(1) if layer.dim() == 4 else layer.float() for layer in layers]  # heads averaged
+        present = inputs["attention_mask"][0].bool()  # batches may be padded to a multiple of 8
+        return CrossAttention(
+            input_tokens=self.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0][present].tolist()),
+            output_tokens=self.tokenizer.convert_ids_to_tokens(generated[0].tolist()),
+            weights=torch.stack(per_layer).mean(0)[0][:, present].numpy(),
+            text=generation.generations(self.tokenizer, generated.numpy())[0].text,
+        )
+
+    @torch.inference_mode()
     def logits(self, features: datasets.Dataset) -> np.ndarray | tuple[np.ndarray, ...]:
         """The task's model outputs for every feature in order, padded to a common length for token tasks.
 
@@ -168,6 +209,17 @@ class Predictor:
         pad_values = self.task.pad_values(self.tokenizer)
         for start in range(0, len(rows), self.batch_size):
             yield pad_batch(list(rows.select(range(start, min(start + self.batch_size, len(rows))))), pad_values)
+
+
+@dataclass(frozen=True)
+class CrossAttention:
+    """An encoder-decoder's output for one input and its attention over that input's tokens."""
+
+    input_tokens: list[str]
+    output_tokens: list[str]
+    weights: np.ndarray
+    """(output tokens, input tokens); each row sums to 1."""
+    text: str
 
 
 @dataclass(frozen=True)

@@ -316,6 +316,14 @@ def test_translation_with_tiny_t5_end_to_end_and_predict_streams_json_lines(
     assert all(isinstance(line["translation"], str) and "gold" not in line for line in lines)
     assert main(["predict", str(result.run_dir), "--text", " "]) == 2
 
+    longer = nlptasks.load(result.run_dir, generation={"min_new_tokens": 6, "max_new_tokens": 6, "num_beams": 2})
+    [shown] = longer.predict("A man is riding a bike.")
+    assert len(longer.tokenizer(shown["translation"], add_special_tokens=False)["input_ids"]) >= 5  # decoded longer
+    with pytest.raises(nlptasks.RecipeError, match="num_beams"):
+        longer.set_generation(num_beams=0)
+    looked = longer.cross_attention("A man is riding a bike.")  # T5: every layer's heads averaged
+    assert looked.weights.shape == (len(looked.output_tokens), len(looked.input_tokens)) and looked.text
+
 
 def test_summarization_with_a_warm_started_tiny_bert2bert_end_to_end(
     summarization_files, tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

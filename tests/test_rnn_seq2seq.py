@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_generation import DIALOGUES, PAIRS, pair_rows, pairs_to_learn_by_heart, recipe, write_rows
@@ -237,8 +238,17 @@ def test_a_tiny_run_trains_evaluates_predicts_and_loads_with_bare_transformers(
     folder = result.run_dir / "model"
     assert json.loads((folder / "generation_config.json").read_text())["num_beams"] == 2
     assert type(AutoModelForSeq2SeqLM.from_pretrained(folder)) is RNNSeq2SeqForConditionalGeneration
-    [shown] = nlptasks.load(result.run_dir).predict("A man is riding a bike.")
-    assert isinstance(shown["summary" if task == "summarization" else "translation"], str)
+    predictor = nlptasks.load(result.run_dir)
+    [shown] = predictor.predict("A man is riding a bike.")
+    written = shown["summary" if task == "summarization" else "translation"]
+    assert isinstance(written, str)
+    looked = predictor.cross_attention("A man is riding a bike.")
+    encoded = predictor.tokenizer("A man is riding a bike.")["input_ids"]
+    assert looked.text == written and looked.input_tokens == predictor.tokenizer.convert_ids_to_tokens(encoded)
+    assert (
+        looked.weights.shape == (len(looked.output_tokens), len(looked.input_tokens)) == (3, len(looked.input_tokens))
+    )  # max_new_tokens
+    assert np.allclose(looked.weights.sum(1), 1.0, atol=1e-5)
 
 
 def test_a_rerun_resumes_with_the_tokenizer_its_checkpoint_learnt(tmp_path: Path) -> None:

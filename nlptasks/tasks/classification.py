@@ -271,13 +271,12 @@ def _sigmoid(logits: np.ndarray) -> np.ndarray:
 
 
 def _plot_confusion(counts: np.ndarray, classes: list[str], title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    """Drawn on a bare `Figure`: pyplot (and its global backend) stays the caller's, inline plots in notebooks too."""
+    from matplotlib.figure import Figure
 
     size = max(4.0, 0.35 * len(classes) + 2)
-    figure, axes = plt.subplots(figsize=(size, size))
+    figure = Figure(figsize=(size, size))
+    axes = figure.subplots()
     axes.imshow(counts, cmap="Blues")
     axes.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="gold", title=title)
     axes.set_xticklabels(classes, rotation=90)
@@ -288,4 +287,3 @@ def _plot_confusion(counts: np.ndarray, classes: list[str], title: str, path: Pa
             axes.text(column, row, str(value), ha="center", va="center", color=color, fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
