@@ -90,7 +90,12 @@ class TrainConfig(Section):
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
     lr_scheduler: str = "linear"
-    max_grad_norm: float = Field(default=1.0, gt=0)
+    optimizer: Literal["adamw", "sgd", "adafactor"] = "adamw"
+    """`sgd`: plain SGD without momentum (the classic RNN setting); `adafactor`: T5's own optimizer with
+    relative step sizes scaled by each weight's RMS, which ignores `learning_rate`, `warmup_ratio` and
+    `lr_scheduler` (for Transformers trained from scratch, whose tied embedding AdamW grows too slowly)."""
+    max_grad_norm: float = Field(default=1.0, ge=0)
+    """Gradients are rescaled to at most this norm before each step; 0 turns clipping off (the norm is still logged)."""
     seed: int = 42
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     """`auto` picks bf16 where the CPU or GPU computes it natively (≈1.4× faster here)."""

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
+from transformers.optimization import Adafactor
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -70,12 +71,35 @@ class TaskTrainer(Trainer):
         lengths: list[int] | None = None,
         generates: bool = False,
         train_collator: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+        relative_adafactor: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.lengths = lengths
         self.generates = generates
         self.train_collator = train_collator
+        self.relative_adafactor = relative_adafactor
+
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        """The Trainer's `optim="adafactor"` fixes the step size; T5's Adafactor computes it per step and weight."""
+        if not self.relative_adafactor:
+            return super().create_optimizer(model)
+        if self.optimizer is None:
+            trainable = [p for p in self.model.parameters() if p.requires_grad]
+            self.optimizer = Adafactor(
+                trainable, lr=None, relative_step=True, scale_parameter=True, weight_decay=self.args.weight_decay
+            )
+        return self.optimizer
+
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        """Relative steps are their own schedule; this one only reports the step size they reached."""
+        if not self.relative_adafactor:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            self.lr_scheduler = RelativeStepSize(optimizer or self.optimizer)
+        return self.lr_scheduler
 
     def get_train_dataloader(self) -> DataLoader:
         if self.train_collator is None:
@@ -116,6 +140,17 @@ class TaskTrainer(Trainer):
         loss, _, _ = super().prediction_step(model, inputs, True, ignore_keys)
         inputs = self._prepare_inputs(inputs)
         return loss, generation.generate_ids(self.model, inputs), inputs.get("labels")
+
+
+class RelativeStepSize(torch.optim.lr_scheduler.LRScheduler):
+    """Reports Adafactor's relative step, min(1e-2, 1/sqrt(step)) of each weight's RMS, as the learning rate.
+
+    It changes nothing (relative steps ignore a group's `lr`); `transformers.AdafactorSchedule` reads
+    the optimizer's internals, which accelerate's optimizer wrapper hides.
+    """
+
+    def get_lr(self) -> list[float]:
+        return [min(1e-2, max(self.last_epoch, 1) ** -0.5)] * len(self.optimizer.param_groups)
 
 
 class CSVLogCallback(TrainerCallback):
@@ -191,6 +226,7 @@ def run(recipe: Recipe) -> RunResult:
         lengths=lengths_of(features["train"]) if recipe.train.group_by_length else None,
         generates=task.generates,
         train_collator=task.training_collator(tokenizer),
+        relative_adafactor=recipe.train.optimizer == "adafactor",
     )
     if trainer.is_world_process_zero():
         write_atomic(run_dir.recipe, dump_recipe(recipe))
@@ -348,6 +384,7 @@ def training_arguments(recipe: Recipe, run_dir: RunDir, task: Task) -> TrainingA
         weight_decay=train.weight_decay,
         warmup_steps=train.warmup_ratio,
         lr_scheduler_type=train.lr_scheduler,
+        **({"optim": "sgd"} if train.optimizer == "sgd" else {}),
         max_grad_norm=train.max_grad_norm,
         seed=train.seed,
         bf16=precision == "bf16",
@@ -364,7 +401,7 @@ def training_arguments(recipe: Recipe, run_dir: RunDir, task: Task) -> TrainingA
         logging_steps=train.logging_steps,
         report_to="none",
         dataloader_num_workers=train.num_workers,
-        gradient_checkpointing=train.gradient_checkpointing,
+        activation_checkpointing=train.gradient_checkpointing,
         label_names=list(task.label_names),
     )
 

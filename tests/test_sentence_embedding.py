@@ -99,6 +99,8 @@ def test_an_unsupervised_run_scores_sts_before_and_after_and_saves_for_sentence_
     similarity = [row["similarity"] for row in pairs]
     by_hand = 100 * spearmanr([score for _, _, score in PAIRS[:6]], similarity).statistic
     assert metrics["test"]["spearman"] == pytest.approx(by_hand, abs=1e-6)
+    a, b, _ = PAIRS[0]
+    assert predictor.predict({"text": a, "text_pair": b})[0]["similarity"] == pytest.approx(similarity[0])  # a dict
 
     ours = np.array([row["embedding"] for row in predictor.predict(SENTENCES)])
     assert np.allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-5)

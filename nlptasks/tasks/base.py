@@ -205,8 +205,13 @@ def json_input(value: str | dict[str, Any], fields: tuple[str, ...]) -> dict[str
     return {field: value[field] for field in fields}
 
 
-def text_or_json_row(text: str) -> dict[str, Any]:
-    """A raw input line as a row: a JSON object with a `text` field as it is, anything else as the text."""
+def text_or_json_row(text: str | dict[str, Any]) -> dict[str, Any]:
+    """A raw input as a row: a dict (from Python) or a JSON object line with a `text` field as it is,
+    any other line as the text."""
+    if isinstance(text, dict):
+        if not isinstance(text.get("text"), str):
+            raise ValueError(f"field 'text' must be a string, got {text.get('text')!r}")
+        return text
     if text.lstrip().startswith("{"):
         try:
             row = json.loads(text)
