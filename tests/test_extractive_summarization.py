@@ -224,36 +224,3 @@ def test_bad_rows_name_file_line_and_field(tmp_path: Path, row: dict, message: s
 def test_empty_predict_input_is_an_error() -> None:
     with pytest.raises(nlptasks.UserInputError, match="text 2 is empty"):
         task().examples_from_texts(["A: hi", "   "])
-
-
-@pytest.mark.slow
-@pytest.mark.integration
-def test_minilm_learns_to_beat_random_turns_on_dialogsum(data_dir: Path, tmp_path: Path) -> None:
-    """Measured here: 100 steps (800 dialogues) score ROUGE-1 0.304 on 200 validation dialogues, random-3 0.265.
-
-    Scored on validation, where that margin was measured: on test the same run scores 0.279 against 0.262.
-    """
-    result = nlptasks.run(
-        "extractive-summarization/minilm",
-        {
-            "output_dir": str(tmp_path / "minilm"),
-            "train.max_steps": 100,
-            "train.batch_size": 8,
-            "train.learning_rate": 2.0e-4,
-            "train.eval_strategy": "no",
-            "data.max_train_samples": 800,
-            "data.max_eval_samples": 200,
-            "eval.splits": ["validation"],
-        },
-    )
-    chance = nlptasks.run(
-        "extractive-summarization/lead",
-        {
-            "model": "random",
-            "output_dir": str(tmp_path / "random"),
-            "data.max_eval_samples": 200,
-            "eval.splits": ["validation"],
-        },
-    )
-    learnt, random_turns = result.metrics["validation"]["rouge1"], chance.metrics["validation"]["rouge1"]
-    assert learnt > random_turns + 0.02, (result.metrics, chance.metrics)
