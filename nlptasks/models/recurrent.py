@@ -52,7 +52,7 @@ class RecurrentOptions(Section):
     embedding_dim: int = Field(default=100, gt=0)
     """Size of the (randomly initialised) word embeddings."""
     hidden_size: int = Field(default=200, gt=0)
-    """RNN state size per direction; the BiRNN output is twice this."""
+    """RNN state size per direction; a bidirectional RNN's output is twice this."""
     num_layers: int = Field(default=1, gt=0)
     """Stacked BiRNN layers (one is the classic tagger; dropout also applies between layers)."""
     bidirectional: bool = True

@@ -15,9 +15,6 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 
-CELLS = ("rnn", "lstm", "gru", "peephole-lstm")
-"""RNN cells a recurrent recipe may use (`rnn` is Elman's tanh RNN)."""
-
 
 class PeepholeLSTM(nn.Module):
     """An LSTM whose input, forget and output gates also see the cell state (diagonal peepholes).
@@ -38,7 +35,7 @@ class PeepholeLSTM(nn.Module):
         super().__init__()
         if not batch_first:
             raise ValueError("PeepholeLSTM reads batch-first tensors only")
-        self.hidden_size, self.num_layers = hidden_size, num_layers
+        self.num_layers = num_layers
         self.directions = 2 if bidirectional else 1
         self.layer_dropout = nn.Dropout(dropout)
         self.cells = nn.ModuleList(
@@ -59,9 +56,8 @@ class PeepholeLSTM(nn.Module):
             outputs = []
             for direction in range(self.directions):
                 cell = self.cells[layer * self.directions + direction]
-                source = inputs if direction == 0 else inputs.gather(1, reverse.expand(-1, -1, inputs.shape[-1]))
-                states, (h, c) = cell(source, mask)
-                outputs.append(states if direction == 0 else states.gather(1, reverse.expand(-1, -1, states.shape[-1])))
+                states, (h, c) = cell(inputs if direction == 0 else _reordered(inputs, reverse), mask)
+                outputs.append(states if direction == 0 else _reordered(states, reverse))
                 finals_h.append(h)
                 finals_c.append(c)
             inputs = torch.cat(outputs, -1)
@@ -110,12 +106,21 @@ def _reversal_index(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(positions < lengths, lengths - 1 - positions, positions).unsqueeze(-1)
 
 
+def _reordered(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """`values` (batch, seq, size) taken at `positions` (batch, seq, 1) along the sequence."""
+    return values.gather(1, positions.expand(-1, -1, values.shape[-1]))
+
+
+LAYERS: dict[str, Any] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU, "peephole-lstm": PeepholeLSTM}
+"""RNN cells a recurrent recipe may use (`rnn` is Elman's tanh RNN), with their layer classes."""
+CELLS = tuple(LAYERS)
+
+
 def recurrent_layer(
     cell: str, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0, bidirectional: bool = True
 ) -> nn.Module:
     """A batch-first (stacked, optionally bidirectional) RNN of `cell`; dropout only between layers."""
-    layer_class: Any = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU, "peephole-lstm": PeepholeLSTM}[cell]
-    return layer_class(
+    return LAYERS[cell](
         input_size,
         hidden_size,
         num_layers=num_layers,
