@@ -22,6 +22,13 @@ class DataError(UserInputError):
     """An input data file with a bad row, column or format."""
 
 
+class TrainingDiverged(UserInputError):
+    """A non-finite training loss: the run stops at that step instead of training on NaN weights.
+
+    A user error because its usual causes are the recipe's (learning rate, fp16) or a data row's.
+    """
+
+
 class ModelNotFoundError(UserInputError):
     """A model name that is neither an alias, a local folder, nor reachable on the Hub."""
 

@@ -9,8 +9,11 @@ dynamic padding, evaluation through the task's own decoding, resume, and the run
 from __future__ import annotations
 
 import csv
+import io
+import json
 import logging
 import resource
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,11 +29,11 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from transformers.integrations import TensorBoardCallback
 from transformers.optimization import Adafactor
 from transformers.trainer_pt_utils import LengthGroupedSampler
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from nlptasks import adapters, catalog, models
 from nlptasks.data import load_splits, pad_batch
-from nlptasks.errors import DataError
+from nlptasks.errors import DataError, TrainingDiverged
 from nlptasks.models import generation
 from nlptasks.recipe import Recipe, dump_recipe
 from nlptasks.rundir import RunDir, folder_megabytes, write_atomic
@@ -63,6 +66,10 @@ class TaskTrainer(Trainer):
 
     A task may batch training examples differently from evaluation's padded rows (packed into one
     sequence): `train_collator` then builds the training batches only.
+
+    A non-finite loss stops training at once, naming the step and writing its batch to `batch_dump`'s
+    folder: the stock Trainer filters NaN out of the logged loss and trains on, and every later step
+    is wasted on NaN weights.
     """
 
     def __init__(
@@ -72,6 +79,7 @@ class TaskTrainer(Trainer):
         generates: bool = False,
         train_collator: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
         relative_adafactor: bool = False,
+        batch_dump: Path | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -79,6 +87,35 @@ class TaskTrainer(Trainer):
         self.generates = generates
         self.train_collator = train_collator
         self.relative_adafactor = relative_adafactor
+        self.batch_dump = batch_dump
+
+    def training_step(
+        self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            raise TrainingDiverged(self._divergence(loss, inputs))
+        return loss
+
+    def _divergence(self, loss: torch.Tensor, inputs: dict[str, Any]) -> str:
+        """Where it happened and what was fed in: the batch's tensors (and texts, where decodable) go to a file."""
+        step = self.state.global_step + 1
+        tensors = {name: value.tolist() for name, value in inputs.items() if isinstance(value, torch.Tensor)}
+        texts = []
+        if "input_ids" in inputs and hasattr(self.processing_class, "batch_decode"):
+            texts = self.processing_class.batch_decode(inputs["input_ids"], skip_special_tokens=True)
+        where = ""
+        if self.batch_dump is not None:
+            path = self.batch_dump / f"diverged-step-{step}.json"
+            write_atomic(path, json.dumps({"step": step, "loss": loss.item(), "texts": texts, "batch": tensors}) + "\n")
+            where = f", written to {path}"
+        size = len(next(iter(tensors.values()), []))
+        first = f"; its first input: {texts[0][:200]!r}" if texts else ""
+        return (
+            f"training diverged: the loss is {loss.item()} at step {step} (epoch {self.state.epoch or 0:.2f}), "
+            f"on a batch of {size} examples{where}{first}. Checkpoints saved before it are intact. "
+            "Try a lower train.learning_rate, keep train.max_grad_norm above 0, or train.precision bf16/fp32 over fp16."
+        )
 
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
         """The Trainer's `optim="adafactor"` fixes the step size; T5's Adafactor computes it per step and weight."""
@@ -154,10 +191,24 @@ class RelativeStepSize(torch.optim.lr_scheduler.LRScheduler):
 
 
 class CSVLogCallback(TrainerCallback):
-    """Every logged value as a `step,epoch,name,value` row: one file, readable by any tool."""
+    """Every logged value as a `step,epoch,name,value` row: one file, readable by any tool.
+
+    Rows are appended as they come, so a killed run can leave a torn last row and rows past the
+    checkpoint it resumes from; training (re)starts by keeping only whole rows up to its start step.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not self.path.exists():
+            return
+        with self.path.open(newline="") as handle:
+            rows = list(csv.reader(handle))
+        kept = [row for row in rows[1:] if len(row) == 4 and row[0].isdigit() and int(row[0]) <= state.global_step]
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows(rows[:1] + kept)
+        write_atomic(self.path, buffer.getvalue())
 
     def on_log(
         self, args: TrainingArguments, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
@@ -172,6 +223,28 @@ class CSVLogCallback(TrainerCallback):
             for name, value in logs.items():
                 if isinstance(value, int | float):
                     writer.writerow([state.global_step, f"{state.epoch or 0:.4f}", name, value])
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint whose save finished; newer, half-written ones are removed.
+
+    The Trainer writes `trainer_state.json` last, so a save cut short (killed, disk full) lacks it
+    or holds torn JSON. `get_last_checkpoint` takes the highest number regardless, and resume fails.
+    """
+    numbered = sorted(
+        (c for c in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if c.name.rsplit("-", 1)[1].isdigit()),
+        key=lambda c: int(c.name.rsplit("-", 1)[1]),
+        reverse=True,
+    )
+    for checkpoint in numbered:
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            log.warning("removing %s: its save never finished", checkpoint)
+            shutil.rmtree(checkpoint, ignore_errors=True)
+            continue
+        return checkpoint
+    return None
 
 
 def run(recipe: Recipe) -> RunResult:
@@ -201,7 +274,8 @@ def run(recipe: Recipe) -> RunResult:
     with args.main_process_first(desc="model"):  # a tokenizer learnt from the data is learnt once, by the main process
         model, tokenizer = models.build(recipe.model, recipe.model_args, task, labels, splits["train"], adaptation)
     model = task.wrap_model(model)
-    resume_from = get_last_checkpoint(str(run_dir.checkpoints)) if recipe.train.resume else None
+    checkpoint = last_complete_checkpoint(run_dir.checkpoints) if recipe.train.resume else None
+    resume_from = str(checkpoint) if checkpoint else None
     if resume_from and adaptation is None:  # the ids its weights learnt, should the data's tokenizer differ now
         tokenizer = models.load_tokenizer(resume_from, catalog.family_of(resume_from))
     if task.generates:
@@ -227,6 +301,7 @@ def run(recipe: Recipe) -> RunResult:
         generates=task.generates,
         train_collator=task.training_collator(tokenizer),
         relative_adafactor=recipe.train.optimizer == "adafactor",
+        batch_dump=run_dir.logs,
     )
     if trainer.is_world_process_zero():
         write_atomic(run_dir.recipe, dump_recipe(recipe))

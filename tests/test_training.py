@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import errno
 import json
 import os
 import signal
@@ -16,6 +18,8 @@ import yaml
 
 import nlptasks
 from nlptasks.cli import main
+from nlptasks.errors import TrainingDiverged
+from nlptasks.training import TaskTrainer
 
 CONTRACT_FILES = (
     "recipe.yaml",
@@ -102,6 +106,61 @@ def test_a_killed_run_resumes_to_the_same_final_metrics(
     if method != "full":
         checkpoint = max((tmp_path / "killed" / "checkpoints").glob("checkpoint-*"), key=lambda c: int(c.name[11:]))
         assert not (checkpoint / "model.safetensors").exists() and (checkpoint / "adapter_model.safetensors").is_file()
+
+
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint_and_the_rerun_resumes_from_it(
+    tiny_bert: Path, ner_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = {"epochs": 6, "eval_strategy": "steps", "eval_steps": 8, "save_total_limit": 2}
+    reference = nlptasks.run(ner_recipe(tiny_bert, tmp_path / "reference", **settings)).metrics
+    recipe = ner_recipe(tiny_bert, tmp_path / "full", **settings)
+    saved = TaskTrainer._save_optimizer_and_scheduler
+
+    def disk_fills_at_step_16(self: TaskTrainer, output_dir: str) -> None:
+        if self.state.global_step == 16:
+            (Path(output_dir) / "optimizer.pt").write_bytes(b"torn")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        saved(self, output_dir)
+
+    monkeypatch.setattr(TaskTrainer, "_save_optimizer_and_scheduler", disk_fills_at_step_16)
+    with pytest.raises(OSError, match="No space left"):
+        nlptasks.run(recipe)
+    checkpoints = tmp_path / "full" / "checkpoints"
+    assert (checkpoints / "checkpoint-8" / "trainer_state.json").is_file()
+    assert not (checkpoints / "checkpoint-16" / "trainer_state.json").exists()
+    assert not (tmp_path / "full" / "metrics.json").exists()
+
+    monkeypatch.setattr(TaskTrainer, "_save_optimizer_and_scheduler", saved)
+    resumed = nlptasks.run(recipe).metrics
+    assert "resuming from" in (tmp_path / "full" / "logs" / "train.log").read_text()
+    assert resumed["test"]["f1"] == pytest.approx(reference["test"]["f1"], abs=1e-9)
+    logged = {run: logged_steps(tmp_path / run / "logs" / "metrics.csv") for run in ("reference", "full")}
+    assert logged["full"] == logged["reference"], "rows logged after the checkpoint were kept, or rows lost"
+
+
+def logged_steps(path: Path) -> list[tuple[int, str]]:
+    with path.open(newline="") as handle:
+        return sorted((int(row[0]), row[2]) for row in list(csv.reader(handle))[1:])
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step_and_the_batch(
+    tiny_bert: Path, ner_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compute_loss = TaskTrainer.compute_loss
+
+    def diverges_at_step_3(self: TaskTrainer, *args: object, **kwargs: object) -> object:
+        loss = compute_loss(self, *args, **kwargs)
+        if self.state.global_step != 2:
+            return loss
+        return (loss[0] * float("nan"), *loss[1:]) if isinstance(loss, tuple) else loss * float("nan")
+
+    monkeypatch.setattr(TaskTrainer, "compute_loss", diverges_at_step_3)
+    with pytest.raises(TrainingDiverged, match=r"the loss is nan at step 3 \(epoch") as err:
+        nlptasks.run(ner_recipe(tiny_bert, tmp_path / "run", epochs=4))
+    dumped = json.loads((tmp_path / "run" / "logs" / "diverged-step-3.json").read_text())
+    assert str(tmp_path / "run" / "logs" / "diverged-step-3.json") in str(err.value)
+    assert len(dumped["batch"]["input_ids"]) == len(dumped["texts"]) == 8 and dumped["texts"][0] in str(err.value)
+    assert not (tmp_path / "run" / "metrics.json").exists()
 
 
 def test_predict_and_eval_from_the_cli(
