@@ -244,7 +244,7 @@ class Classification(Task):
 
 def _label_name(value: Any, label_names: list[str] | None) -> str:
     """A class name from a name or an index into the names file beside the data."""
-    if isinstance(value, bool) or value is None or value == "":
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
         raise ValueError(f"field 'label' must be a class name or integer, got {value!r}")
     if label_names is not None and isinstance(value, int | str) and str(value).lstrip("-").isdigit():
         index = int(value)

@@ -43,8 +43,8 @@ class NER(Task):
     @classmethod
     def check_row(cls, row: dict[str, Any], label_names: list[str] | None) -> dict[str, Any]:
         tokens, tags = row["tokens"], row["ner_tags"]
-        if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) and t for t in tokens):
-            raise ValueError("field 'tokens' must be a non-empty list of non-empty strings")
+        if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) and t.strip() for t in tokens):
+            raise ValueError("field 'tokens' must be a non-empty list of non-blank strings")
         if not isinstance(tags, list):
             raise ValueError(f"field 'ner_tags' must be a list, got {type(tags).__name__}")
         if len(tags) != len(tokens):

@@ -88,8 +88,9 @@ class SentenceEmbedding(Task):
             if (field == "text" or text is not None) and (not isinstance(text, str) or not text.strip()):
                 raise ValueError(f"field '{field}' must be a non-empty string, got {text!r}")
         score = row["score"]
-        if score is not None and (isinstance(score, bool) or not isinstance(score, int | float) or np.isnan(score)):
-            raise ValueError(f"field 'score' must be a number, got {score!r}")
+        number = isinstance(score, int | float) and not isinstance(score, bool)
+        if score is not None and not (number and np.isfinite(score)):
+            raise ValueError(f"field 'score' must be a finite number, got {score!r}")
         return row
 
     def label_list(self, train: datasets.Dataset) -> list[str]:
