@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -124,8 +124,8 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    splits: list[str] = ["validation", "test"]
-    """Splits scored after training (those the data lacks are skipped)."""
+    splits: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]] = ["validation", "test"]
+    """Splits scored after training (those the data lacks are skipped); names become file names, so no paths."""
     write_predictions: bool = True
     before_training: bool = False
     """Also score the splits with the model as built, before any training (recorded as `<split>_untrained`)."""

@@ -31,6 +31,9 @@ from nlptasks import adapters, catalog
 from nlptasks.errors import RecipeError
 from nlptasks.tasks.base import Task
 
+UNSAFE_LOADING_ARGS = {"trust_remote_code", "use_safetensors", "weights_only", "code_revision"}
+"""`from_pretrained` arguments that would load pickles or run a checkpoint's own code: never from a recipe."""
+
 
 def build(
     model_name: str,
@@ -54,6 +57,11 @@ def build(
             f"{', '.join(catalog.RNN_SEQ2SEQ_MODELS)} (recurrent baselines) or a Hub id such as t5-small"
         )
     task.use_model_family(ref.family)
+    if unsafe := sorted(UNSAFE_LOADING_ARGS & set(model_args)):
+        raise RecipeError(
+            f"model_args.{unsafe[0]}: nlptasks loads weights only from safetensors or as plain tensors "
+            "(torch.load with weights_only) and never runs Python code shipped with a model; this cannot be changed"
+        )
     if ref.family == "recurrent":
         from nlptasks.models import recurrent
 
