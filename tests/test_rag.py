@@ -352,6 +352,9 @@ def test_service_answers_over_http_and_refuses_bad_requests(service: str) -> Non
         assert client.post("/search", json={"query": "x" * 20_000}).status_code == 413
         chunked = iter([b'{"query": "', b"x" * 20_000, b'"}'])  # no content-length: counted as it arrives
         assert client.post("/search", content=chunked, headers={"content-type": "application/json"}).status_code == 413
+        small = iter([b'{"query": "climbers ', b'Nepal", "mode": "sparse"}'])
+        replayed = client.post("/search", content=small, headers={"content-type": "application/json"})
+        assert replayed.json()["hits"][0]["doc_id"] == "everest", replayed.text
 
         def search(query: str) -> str:
             return client.post("/search", json={"query": query, "mode": "sparse", "top_k": 1}).json()["hits"][0][

@@ -43,9 +43,12 @@ def create_app(pipeline: RagPipeline) -> Any:
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
             return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
         if declared is None and request.method == "POST":
-            body = await request.body()
-            if len(body) > MAX_BODY_BYTES:
-                return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+            body = b""
+            async for chunk in request.stream():  # a chunked body is counted as it arrives, never held whole
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+            request._body = body  # what `request.body()` caches; Starlette replays it to the endpoint
         return await call_next(request)
 
     @app.exception_handler(UserInputError)
