@@ -256,19 +256,23 @@ def read_texts(
     A task with several input `fields` (QA: question and context) takes one JSON object per line,
     checked here so a bad one is reported by its line before any prediction.
     """
-    for number, line in enumerate(lines, 1):
-        line = line.rstrip("\n")
-        if not line.strip():
-            continue
-        if len(fields) > 1:
-            try:
-                yield json_input(line, fields)
-            except ValueError as err:
-                raise UserInputError(f"{source}:{number}: {err}") from None
-        elif line.lstrip().startswith("{"):
-            try:
-                yield json.loads(line)["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise UserInputError(f"{source}:{number}: expected a JSON object with a 'text' field") from None
-        else:
-            yield line
+    number = 0
+    try:
+        for number, line in enumerate(lines, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            if len(fields) > 1:
+                try:
+                    yield json_input(line, fields)
+                except ValueError as err:
+                    raise UserInputError(f"{source}:{number}: {err}") from None
+            elif line.lstrip().startswith("{"):
+                try:
+                    yield json.loads(line)["text"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise UserInputError(f"{source}:{number}: expected a JSON object with a 'text' field") from None
+            else:
+                yield line
+    except UnicodeDecodeError as err:  # decoded a block ahead: the bad byte is at or after the next line
+        raise UserInputError(f"{source}: not UTF-8 text after line {number} ({err.reason})") from None

@@ -8,6 +8,7 @@ error mid-`from_generator`) is the bug these tests exist to find.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nlptasks.data import _checked_rows, read_rows
-from nlptasks.errors import DataError
+from nlptasks.errors import DataError, UserInputError
+from nlptasks.predict import read_texts
 from nlptasks.tasks import TASKS
 
 GOOD_ROWS: dict[str, dict[str, Any]] = {
@@ -127,3 +129,9 @@ def test_values_the_schema_would_store_but_mean_nothing_are_refused(
     path.write_text(json.dumps(GOOD_ROWS[task_name]) + "\n" + json.dumps({**GOOD_ROWS[task_name], field: value}) + "\n")
     with pytest.raises(DataError, match=f"^{path}:2: field '{field}'"):
         list(_checked_rows(str(path), task_name, None, (), (0, 0), False))
+
+
+def test_predict_input_that_is_not_utf8_is_reported_with_its_source() -> None:
+    lines = io.TextIOWrapper(io.BytesIO(b"fine text\n" + "caf\u00e9\n".encode("latin-1")), encoding="utf-8")
+    with pytest.raises(UserInputError, match=r"^<stdin>: not UTF-8 text after line \d"):
+        list(read_texts(lines, "<stdin>"))
