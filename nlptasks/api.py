@@ -16,7 +16,7 @@ from peft import PeftConfig
 
 from nlptasks import adapters, training
 from nlptasks.data import load_splits
-from nlptasks.errors import UserInputError
+from nlptasks.errors import DataError, UserInputError
 from nlptasks.predict import Predictor, read_texts
 from nlptasks.recipe import DataConfig, Recipe, dump_recipe, load_recipe
 from nlptasks.rundir import RunDir, folder_megabytes, publish_folder, write_atomic, write_embeddings
@@ -59,6 +59,11 @@ def evaluate(run_dir: str | Path, split: str = "test", file: str | Path | None =
     splits = load_splits(data, predictor.task)
     if split not in splits:
         raise UserInputError(f"split '{split}' is not in the run's data; it has {sorted(splits)}")
+    if predictor.untrained is None:
+        known = set(predictor.id2label.values())
+        unseen = sorted(label for label in predictor.task.label_list(splits[split]) if label not in known)
+        if unseen:
+            raise DataError(f"{file or split}: labels the model was never trained on: {unseen}")
     return predictor.score(splits[split])
 
 

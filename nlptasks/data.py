@@ -41,6 +41,8 @@ def load_splits(config: DataConfig, task: Task) -> datasets.DatasetDict:
             "train"
         ]
     if "train" in splits and "validation" not in splits:
+        if len(splits["train"]) < 2:
+            raise DataError("data: the train split has one row; give a validation file or more training rows")
         held_out = splits["train"].train_test_split(test_size=config.validation_fraction, seed=config.split_seed)
         splits["train"], splits["validation"] = held_out["train"], held_out["test"]
     return datasets.DatasetDict(_limit(splits, config))
@@ -237,7 +239,12 @@ def _conll_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 def _label_names_beside(path: Path, label_column: str) -> list[str] | None:
     """Names for integer labels from `<label_column>s.json` beside the data (the data pack's layout)."""
     names_file = path.parent / f"{label_column}s.json"
-    return json.loads(names_file.read_text(encoding="utf-8")) if names_file.is_file() else None
+    if not names_file.is_file():
+        return None
+    names = json_value(names_file.read_text(encoding="utf-8"), str(names_file), expect=list)
+    if not all(isinstance(name, str) and name for name in names):
+        raise DataError(f"{names_file}: expected a JSON array of label names (non-empty strings)")
+    return names
 
 
 def _packaged_splits(config: DataConfig, task: Task) -> dict[str, datasets.Dataset]:

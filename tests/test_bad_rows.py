@@ -17,9 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nlptasks.data import _checked_rows, read_rows
+from nlptasks.data import _checked_rows, load_splits, read_rows
 from nlptasks.errors import DataError, UserInputError
 from nlptasks.predict import read_texts
+from nlptasks.recipe import DataConfig
 from nlptasks.tasks import TASKS
 
 GOOD_ROWS: dict[str, dict[str, Any]] = {
@@ -135,3 +136,22 @@ def test_predict_input_that_is_not_utf8_is_reported_with_its_source() -> None:
     lines = io.TextIOWrapper(io.BytesIO(b"fine text\n" + "caf\u00e9\n".encode("latin-1")), encoding="utf-8")
     with pytest.raises(UserInputError, match=r"^<stdin>: not UTF-8 text after line \d"):
         list(read_texts(lines, "<stdin>"))
+
+
+def test_a_broken_label_names_file_beside_the_data_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"text": "a fine film", "label": 0}) + "\n")
+    classification = TASKS["classification"](TASKS["classification"].Options(), max_length=32, stride=8)
+    (tmp_path / "labels.json").write_text('["negative", "positive"')
+    with pytest.raises(DataError, match=r"labels.json: invalid JSON"):
+        load_splits(DataConfig(train_file=path), classification)
+    (tmp_path / "labels.json").write_text('["negative", 3]')
+    with pytest.raises(DataError, match=r"labels.json: expected a JSON array of label names"):
+        load_splits(DataConfig(train_file=path), classification)
+
+
+def test_a_one_row_train_split_without_validation_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(GOOD_ROWS["ner"]) + "\n")
+    with pytest.raises(DataError, match="the train split has one row"):
+        load_splits(DataConfig(train_file=path), TASKS["ner"](TASKS["ner"].Options(), max_length=32, stride=8))

@@ -189,6 +189,11 @@ def test_predict_and_eval_from_the_cli(
     stored = json.loads((run_dir / "metrics.json").read_text())["test"]
     assert scored["f1"] == pytest.approx(stored["f1"])
 
+    unseen = tmp_path / "unseen.jsonl"
+    unseen.write_text(json.dumps({"tokens": ["Mars", "rover"], "ner_tags": ["B-PLANET", "O"]}) + "\n")
+    assert main(["eval", str(run_dir), "--file", str(unseen)]) == 2
+    assert f"{unseen}: labels the model was never trained on: ['B-PLANET', 'I-PLANET']" in capsys.readouterr().err
+
     assert main(["predict", str(tmp_path / "nowhere"), "--text", "x"]) == 2
 
 
