@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -139,9 +140,23 @@ def _package_dir(entry: PackagedModel, alias: str) -> Path:
 
 
 def _dequantized_copy(folder: Path, gguf_file: str, target: Path) -> Path:
-    """A trainable safetensors copy of GGUF weights: quantized GGUF weights cannot be trained or saved."""
+    """A trainable safetensors copy of GGUF weights: quantized GGUF weights cannot be trained or saved.
+
+    Made once under a file lock: processes starting together (`torchrun` ranks, parallel tests)
+    would otherwise each convert and swap the folder under one another's loading.
+    """
     if (target / "config.json").is_file():
         return target
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{target}.lock"):
+        if not (target / "config.json").is_file():
+            publish_folder(target, partial(_save_dequantized, folder, gguf_file))
+    return target
+
+
+def _save_dequantized(folder: Path, gguf_file: str, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -151,13 +166,8 @@ def _dequantized_copy(folder: Path, gguf_file: str, target: Path) -> Path:
     model.config.quantization_config = None
     if hasattr(model, "is_quantized"):
         model.is_quantized = False
-
-    def save(folder: Path) -> None:
-        model.save_pretrained(folder, safe_serialization=True)
-        tokenizer.save_pretrained(folder)
-
-    publish_folder(target, save)
-    return target
+    model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
 
 
 def family_of(location: str | Path) -> Family:
