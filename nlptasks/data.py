@@ -12,6 +12,7 @@ from __future__ import annotations
 import bz2
 import csv
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,8 @@ import torch
 
 from nlptasks import catalog
 from nlptasks.errors import DataError
+
+log = logging.getLogger("nlptasks")
 
 if TYPE_CHECKING:
     from nlptasks.recipe import DataConfig
@@ -40,20 +43,20 @@ def load_splits(config: DataConfig, task: Task) -> datasets.DatasetDict:
         splits["train"] = _sources(config.model_copy(update={"name": config.train_name, "train_name": None}), task)[
             "train"
         ]
+    skipped = _skipped_rows(config, splits)
     if "train" in splits and "validation" not in splits:
         if len(splits["train"]) < 2:
             raise DataError("data: the train split has one row; give a validation file or more training rows")
         held_out = splits["train"].train_test_split(test_size=config.validation_fraction, seed=config.split_seed)
         splits["train"], splits["validation"] = held_out["train"], held_out["test"]
-    return datasets.DatasetDict(_limit(splits, config))
+    loaded = datasets.DatasetDict(_limit(splits, config))
+    loaded.skipped_rows = skipped
+    return loaded
 
 
 def _sources(config: DataConfig, task: Task) -> dict[str, datasets.Dataset]:
     files = _split_files(config)
     if files:
-        entry = catalog.DATASETS.get(config.name or "")
-        if entry and entry.text_lines and not config.train_file:
-            config = config.model_copy(update={"txt_format": "lines"})
         return {split: _from_file(path, task, config) for split, path in files.items()}
     if config.name in catalog.PACKAGED_DATASETS:
         return _packaged_splits(config, task)
@@ -73,6 +76,31 @@ def _split_files(config: DataConfig) -> dict[str, Path]:
     return {split: folder / name for split, name in names.items() if (folder / name).is_file()}
 
 
+def _skipped_rows(config: DataConfig, splits: dict[str, datasets.Dataset]) -> dict[str, int]:
+    """Rows `bad_rows: skip` left out, per split read from a file: the rows read less those kept.
+
+    Counted here, not in the row generator, because a cached split never runs its generator again.
+    """
+    if config.bad_rows != "skip":
+        return {}
+    counts = {
+        split: sum(1 for _ in read_rows(path, _reads_text_lines(config, path))) - len(splits[split])
+        for split, path in _split_files(config).items()
+        if split in splits
+    }
+    for split, count in counts.items():
+        if count:
+            log.warning("%s split: %d bad rows skipped (data.bad_rows: skip)", split, count)
+    return {split: count for split, count in counts.items() if count}
+
+
+def _reads_text_lines(config: DataConfig, path: Path) -> bool:
+    """Whether a `.txt` file holds one text a line (`txt_format: lines`, or a catalog text-line dataset)."""
+    entry = catalog.DATASETS.get(config.name or "")
+    lines = config.txt_format == "lines" or bool(entry and entry.text_lines and not config.train_file)
+    return lines and path.suffix.lower() == ".txt"
+
+
 def _limit(splits: dict[str, datasets.Dataset], config: DataConfig) -> dict[str, datasets.Dataset]:
     limited = {}
     for split, dataset in splits.items():
@@ -82,7 +110,7 @@ def _limit(splits: dict[str, datasets.Dataset], config: DataConfig) -> dict[str,
 
 
 def _from_file(path: Path, task: Task, config: DataConfig) -> datasets.Dataset:
-    text_lines = config.txt_format == "lines" and path.suffix.lower() == ".txt"
+    text_lines = _reads_text_lines(config, path)
     if next(read_rows(path, text_lines), None) is None:
         raise DataError(f"{path}: no rows")
     label_names = _label_names_beside(path, config.label_column or task.target_column)
@@ -98,6 +126,7 @@ def _from_file(path: Path, task: Task, config: DataConfig) -> datasets.Dataset:
                 "renames": tuple(_renames(config, task).items()),  # a dict would not hash into the cache key
                 "stamp": (stat.st_size, stat.st_mtime_ns),  # re-read when the file changes
                 "text_lines": text_lines,
+                "skip_bad": config.bad_rows == "skip",
             },
         )
     except datasets.exceptions.DatasetGenerationError as err:
@@ -115,22 +144,34 @@ def _checked_rows(
     renames: tuple[tuple[str, str], ...],
     stamp: tuple[int, int],
     text_lines: bool,
+    skip_bad: bool = False,
 ) -> Iterator[dict[str, Any]]:
     from nlptasks.tasks import TASKS
 
     task = TASKS[task_name]
     for where, raw in read_rows(Path(path), text_lines):
-        row = task.shaped_row({dict(renames).get(key, key): value for key, value in raw.items()})
-        missing = [column for column in (task.input_column, task.target_column) if column not in row]
-        if missing:
-            raise DataError(
-                f"{where}: missing field(s) {missing}; the row has {sorted(raw)} "
-                f"(set data.text_column / data.label_column / data.columns to map yours)"
-            )
         try:
-            yield task.check_row(row, label_names)
-        except (TypeError, ValueError) as err:
-            raise DataError(f"{where}: {err}") from None
+            yield _checked_row(task, raw, dict(renames), label_names, where)
+        except DataError as err:
+            if not skip_bad:
+                raise
+            log.warning("skipped: %s", err)
+
+
+def _checked_row(
+    task: type[Task], raw: dict[str, Any], renames: dict[str, str], label_names: tuple[str, ...] | None, where: str
+) -> dict[str, Any]:
+    row = task.shaped_row({renames.get(key, key): value for key, value in raw.items()})
+    missing = [column for column in (task.input_column, task.target_column) if column not in row]
+    if missing:
+        raise DataError(
+            f"{where}: missing field(s) {missing}; the row has {sorted(raw)} "
+            f"(set data.text_column / data.label_column / data.columns to map yours)"
+        )
+    try:
+        return task.check_row(row, label_names)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{where}: {err}") from None
 
 
 def _renames(config: DataConfig, task: Task) -> dict[str, str]:

@@ -70,6 +70,9 @@ class DataConfig(Section):
     validation_fraction: float = Field(default=0.1, gt=0, lt=1)
     """Share of train held out for validation when the data has no validation split."""
     split_seed: int = 42
+    bad_rows: Literal["error", "skip"] = "error"
+    """A row failing the task's checks stops the run, naming file, line and field; `skip` logs it, leaves it
+    out and counts it (`data_skipped_rows` in the metrics and summary). Unreadable files still stop the run."""
 
     @field_validator("train_file", "validation_file", "test_file")
     @classmethod

@@ -310,7 +310,8 @@ def run(recipe: Recipe) -> RunResult:
     untrained = _score_untrained(trainer, task, recipe, splits, features) if not resume_from else {}
     started = time.perf_counter()
     outcome = trainer.train(resume_from_checkpoint=resume_from)
-    metrics = {"train": {**outcome.metrics, "wall_seconds": time.perf_counter() - started}, **untrained}
+    train_metrics = {**outcome.metrics, "wall_seconds": time.perf_counter() - started, **skipped_rows(splits)}
+    metrics = {"train": train_metrics, **untrained}
     if task.calibrates and "validation" in splits:
         _calibrate(trainer, task, splits["validation"], features["validation"])
 
@@ -384,7 +385,7 @@ def _run_untrained(
     The run directory has no `model/`; `load` rebuilds the method from the recipe.
     """
     log.info("'%s' is an untrained method of %s: no model to build or train", recipe.model, task.name)
-    metrics: dict[str, dict[str, float]] = {"train": {}}
+    metrics: dict[str, dict[str, float]] = {"train": skipped_rows(splits)}
     for split in [s for s in recipe.eval.splits if s in splits]:
         started = time.perf_counter()
         predictions = method(splits[split])
@@ -395,6 +396,11 @@ def _run_untrained(
         run_dir.write_metrics(metrics)
         write_atomic(run_dir.summary, summary(recipe, metrics))
     return RunResult(run_dir.root, metrics, recipe)
+
+
+def skipped_rows(splits: datasets.DatasetDict) -> dict[str, int]:
+    """`skipped_rows_<split>` for each split that lost bad rows to `data.bad_rows: skip`."""
+    return {f"skipped_rows_{split}": count for split, count in getattr(splits, "skipped_rows", {}).items()}
 
 
 def _calibrate(trainer: Trainer, task: Task, examples: datasets.Dataset, features: datasets.Dataset) -> None:
@@ -570,6 +576,7 @@ def summary(recipe: Recipe, metrics: dict[str, dict[str, float]]) -> str:
         f"peak RSS {train.get('peak_rss_megabytes', 0):.0f} MB",
         f"- training: {train.get('train_runtime', 0):.0f} s, {train.get('train_samples_per_second', 0):.1f} samples/s, "
         f"precision {resolve_precision(recipe.train.precision)}",
+        *_skipped_line(train),
         "",
         "| split | metric | value |",
         "|---|---|---|",
@@ -578,3 +585,11 @@ def summary(recipe: Recipe, metrics: dict[str, dict[str, float]]) -> str:
         if split != "train":
             lines += [f"| {split} | {name} | {value:.4f} |" for name, value in values.items() if "_" not in name]
     return "\n".join(lines) + "\n"
+
+
+def _skipped_line(train: dict[str, float]) -> list[str]:
+    skipped = {key.removeprefix("skipped_rows_"): int(v) for key, v in train.items() if key.startswith("skipped_rows_")}
+    if not skipped:
+        return []
+    counts = ", ".join(f"{split} {count}" for split, count in skipped.items())
+    return [f"- bad rows skipped (`data.bad_rows: skip`, each in logs/train.log): {counts}"]

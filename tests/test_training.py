@@ -18,7 +18,7 @@ import yaml
 
 import nlptasks
 from nlptasks.cli import main
-from nlptasks.errors import TrainingDiverged
+from nlptasks.errors import DataError, TrainingDiverged
 from nlptasks.training import TaskTrainer
 
 CONTRACT_FILES = (
@@ -161,6 +161,25 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_the_batch(
     assert str(tmp_path / "run" / "logs" / "diverged-step-3.json") in str(err.value)
     assert len(dumped["batch"]["input_ids"]) == len(dumped["texts"]) == 8 and dumped["texts"][0] in str(err.value)
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_bad_rows_skip_leaves_them_out_counts_them_and_logs_each(
+    tiny_bert: Path, ner_recipe, ner_files, tmp_path: Path
+) -> None:
+    with ner_files["train"].open("a") as handle:
+        handle.write(json.dumps({"tokens": ["Mars"], "ner_tags": ["B-PLANET", "O"]}) + "\n")
+        handle.write(json.dumps({"tokens": ["Paris"], "ner_tags": ["LOC"]}) + "\n")
+    recipe = ner_recipe(tiny_bert, tmp_path / "run", epochs=1)
+    with pytest.raises(DataError, match=f"{ner_files['train']}:65: field 'ner_tags' has 2 tags"):
+        nlptasks.run(recipe)
+    recipe["data"]["bad_rows"] = "skip"
+    result = nlptasks.run(recipe)
+    assert result.metrics["train"]["skipped_rows_train"] == 2 and "skipped_rows_test" not in result.metrics["train"]
+    assert (
+        "bad rows skipped (`data.bad_rows: skip`, each in logs/train.log): train 2"
+        in (result.run_dir / "summary.md").read_text()
+    )
+    assert f"{ner_files['train']}:66: field 'ner_tags'" in (result.run_dir / "logs" / "train.log").read_text()
 
 
 def test_predict_and_eval_from_the_cli(
