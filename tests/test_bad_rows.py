@@ -84,7 +84,7 @@ def test_every_task_has_a_good_row_that_loads(task_name: str, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("task_name", sorted(GOOD_ROWS))
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_a_generated_row_loads_or_is_reported_with_file_line_and_field(
     task_name: str, tmp_path: Path, data: st.DataObject
@@ -100,7 +100,7 @@ READERS = [".jsonl", ".json", ".csv", ".tsv", ".conll", ".txt"]
 
 
 @pytest.mark.parametrize("suffix", READERS)
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(content=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
 def test_any_file_content_reads_or_is_reported_with_the_file(suffix: str, tmp_path: Path, content: bytes) -> None:
     path = tmp_path / f"train{suffix}"

@@ -72,9 +72,11 @@ def question_answering(ns: Namespace) -> None:
 
 
 def extractive_summarization(ns: Namespace) -> None:
-    """100 steps scored ROUGE-1 0.304 on 200 validation dialogues where random-3 scored 0.265."""
+    """50 steps: ROUGE-1 / ROUGE-L 0.291 / 0.224 on 200 validation dialogues, random-3 0.270 / 0.200
+    (100 steps gave 0.293 / 0.230): MiniLM learns which turns matter, about as well as Lead-3 (0.297 / 0.231)."""
     scores = ns["scores"]
-    assert scores["MiniLM"]["rouge1"] > scores["random-3"]["rouge1"] + 0.02, scores
+    for key in ("rouge1", "rougeL"):
+        assert scores["MiniLM"][key] > scores["random-3"][key] + 0.015, scores
     assert all(scores[name]["rouge1"] < scores["MiniLM"]["oracle_rouge1"] for name in scores), scores
 
 
