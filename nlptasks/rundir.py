@@ -34,6 +34,7 @@ class RunDir:
         self.metrics = self.root / "metrics.json"
         self.predictions = self.root / "predictions"
         self.model = self.root / "model"
+        restore_interrupted(self.model)
         if not self.model.is_dir() and (self.root / "config.json").is_file():
             self.model = self.root  # an exported model (`nlptasks export`): weights and recipe.yaml side by side
         self.checkpoints = self.root / "checkpoints"
@@ -61,19 +62,30 @@ class RunDir:
 
 
 def publish_folder(target: Path, save: Any) -> None:
-    """Save through `save(folder)` into a fresh folder beside `target`, then swap it in: never a half-written folder."""
+    """Save through `save(folder)` into a fresh folder beside `target`, then swap it in: never a half-written folder.
+
+    Readers call `restore_interrupted` first (the next publish does too).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
+    old = restore_interrupted(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         save(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    old = target.with_name(f".{target.name}-old")
     if target.exists():
         target.rename(old)
     staging.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_interrupted(target: Path) -> Path:
+    """Put back the folder a publish killed between its two renames left only as `.<name>-old`; returns that name."""
+    old = target.with_name(f".{target.name}-old")
+    if old.is_dir() and not target.exists():
+        old.rename(target)
+    return old
 
 
 def folder_megabytes(folder: Path) -> float:

@@ -207,6 +207,19 @@ def test_an_update_that_fails_leaves_the_previous_index(
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".index")] == []  # no staging left behind
 
 
+def test_an_index_whose_swap_was_killed_between_its_renames_is_put_back(
+    docs: Path, settings: RagSettings, tmp_path: Path
+) -> None:
+    index = tmp_path / "index"
+    build_index([docs], index, settings)
+    index.rename(tmp_path / ".index-old")  # what a kill between publish_folder's two renames leaves
+    assert len(RagPipeline(index).index.documents) == 4
+    (tmp_path / "index").rename(tmp_path / ".index-old")
+    (docs / "extra.txt").write_text("A brand new document about volcanoes.")
+    assert build_index([docs], index, settings).chunks > 0
+    assert len(RagPipeline(index).index.documents) == 5  # the update kept the four it had
+
+
 def test_build_settings_are_fixed_once_an_index_exists(docs: Path, settings: RagSettings, tmp_path: Path) -> None:
     build_index([docs], tmp_path / "index", settings)
     with pytest.raises(RecipeError, match="rag.chunk_tokens: the index at .* was built with 24"):

@@ -19,6 +19,7 @@ import yaml
 import nlptasks
 from nlptasks.cli import main
 from nlptasks.errors import DataError, TrainingDiverged
+from nlptasks.rundir import RunDir, publish_folder
 from nlptasks.training import TaskTrainer
 
 CONTRACT_FILES = (
@@ -231,3 +232,17 @@ def test_a_label_only_the_test_split_has_is_reported_before_training(tiny_bert: 
         nlptasks.DataError, match=r"test split has labels the train split never has: \['B-PLANET', 'I-PLANET'\]"
     ):
         nlptasks.run(ner_recipe(tiny_bert))
+
+
+def test_a_model_folder_whose_swap_was_killed_between_its_renames_is_put_back(tmp_path: Path) -> None:
+    (tmp_path / ".model-old").mkdir()
+    (tmp_path / ".model-old" / "config.json").write_text("{}")
+    assert (RunDir(tmp_path).model / "config.json").is_file()
+
+    def save_fails(folder: Path) -> None:
+        raise OSError("disk full")
+
+    (tmp_path / "model").rename(tmp_path / ".model-old")
+    with pytest.raises(OSError, match="disk full"):
+        publish_folder(tmp_path / "model", save_fails)
+    assert (tmp_path / "model" / "config.json").is_file()  # a failing save still leaves the previous model

@@ -17,7 +17,7 @@ from nlptasks.rag.generate import Generator, load_generator
 from nlptasks.rag.retrieve import Hit, Retriever, embed, load_encoder
 from nlptasks.rag.settings import BUILD_FIELDS, RagSettings, settings_of_index
 from nlptasks.rag.store import SETTINGS_FILE, IndexFolder, saved_dim, saved_settings
-from nlptasks.rundir import publish_folder
+from nlptasks.rundir import publish_folder, restore_interrupted
 
 EMBED_BATCH_CHUNKS = 512
 """Chunks embedded at a time while indexing: memory stays flat however many documents there are."""
@@ -58,6 +58,7 @@ def build_index(
     among `docs` are removed. The folder is swapped in whole when the update is complete.
     """
     folder = Path(index_dir)
+    restore_interrupted(folder)
     settings = _settings_for_update(folder, settings or RagSettings())
     encoder = load_encoder(settings.encoder)
     _check_chunk_fits(encoder, settings)
@@ -161,6 +162,7 @@ class RagPipeline:
 
     def __init__(self, index_dir: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> None:
         self.folder = Path(index_dir)
+        restore_interrupted(self.folder)
         self.settings = settings_of_index(saved_settings(self.folder), overrides)
         self.index = IndexFolder(self.folder, self.settings, saved_dim(self.folder))
         self.retriever = Retriever(self.index, load_encoder(self.settings.encoder), self.settings)
