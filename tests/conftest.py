@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -26,6 +27,23 @@ SENTENCES = [
     (["John", "likes", "the", "Olympics"], ["B-PER", "O", "O", "B-MISC"]),
     (["The", "United", "Nations", "met", "in", "New", "York"], ["O", "B-ORG", "I-ORG", "O", "O", "B-LOC", "I-LOC"]),
 ]
+
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `-n 2` on two cores: one torch thread per worker
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first: parallel workers then end together instead of one finishing a long test alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A localhost port nothing listens on: parallel workers must not share a fixed one."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -24,10 +24,13 @@ LAUNCHERS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
-def test_two_cpu_processes(launcher: str, tiny_bert: Path, ner_recipe, tmp_path: Path) -> None:
+def test_two_cpu_processes(launcher: str, tiny_bert: Path, ner_recipe, tmp_path: Path, free_port: int) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(ner_recipe(tiny_bert, tmp_path / "ddp", epochs=2)))
-    command = [*LAUNCHERS[launcher], "-m", "nlptasks", "run", str(recipe)]
+    port = (
+        ["--main_process_port", str(free_port)] if launcher == "accelerate" else []
+    )  # torchrun --standalone picks one
+    command = [*LAUNCHERS[launcher], *port, "-m", "nlptasks", "run", str(recipe)]
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )

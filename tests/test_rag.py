@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -317,14 +316,8 @@ def test_ranking_metrics_by_hand() -> None:
     assert ranked_documents(hits_for("x", "y")[:1] + hits_for("x", "y")) == ["doc0", "doc1"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def service(docs: Path, settings: RagSettings, tiny_llama: Path, tmp_path: Path):
+def service(docs: Path, settings: RagSettings, tiny_llama: Path, tmp_path: Path, free_port: int):
     """The FastAPI app served by uvicorn on a free localhost port, in a thread."""
     import uvicorn
 
@@ -333,7 +326,7 @@ def service(docs: Path, settings: RagSettings, tiny_llama: Path, tmp_path: Path)
     settings = settings.model_copy(update={"generator": str(tiny_llama)})
     settings.generation.max_new_tokens = 4
     build_index([docs], tmp_path / "index", settings)
-    port = free_port()
+    port = free_port
     server = uvicorn.Server(uvicorn.Config(create_app(RagPipeline(tmp_path / "index")), port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
