@@ -1,0 +1,137 @@
+"""Cost growth in the dataset size: tokenization and training time, and peak memory, at 1x, 4x and 16x.
+
+MiniLM NER on CoNLL-2003 train sentences (cycled past the 14,041 it has), one epoch, each size in
+its own process so its peak RSS is its own (from the kernel). Time per example should stay flat
+(linear cost) and peak RSS should not follow the data: splits are memory-mapped Arrow files,
+tokenized once and cached, never whole corpora in Python lists.
+
+    NLPTASKS_DATA_DIR=../shared/data .venv/bin/python benchmarks/scaling.py --base 500 --results
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+FACTORS = (1, 4, 16)
+
+
+def one_size(train_file: Path, workdir: Path) -> dict[str, float]:
+    """Tokenize (fresh cache) and train one epoch on `train_file`; in the child process."""
+    import nlptasks
+    from nlptasks import catalog, models
+    from nlptasks.data import load_splits
+    from nlptasks.recipe import load_recipe
+    from nlptasks.tasks import task_for
+
+    overrides = {
+        "output_dir": str(workdir / train_file.stem),
+        "data.train_file": str(train_file),
+        "data.validation_file": str(train_file),
+        "data.max_eval_samples": 64,
+        "train.epochs": 1,
+        "train.eval_strategy": "no",
+        "train.early_stopping_patience": None,
+        "train.resume": False,
+        "eval.splits": [],
+    }
+    recipe = load_recipe("ner/minilm", overrides)
+    task = task_for(recipe)
+    train = load_splits(recipe.data, task)["train"]
+    tokenizer = models.load_tokenizer(catalog.resolve_model(recipe.model).location, "encoder")
+    labels = task.label_list(train)
+    started = time.perf_counter()
+    task.featurize(train, tokenizer, {label: i for i, label in enumerate(labels)})
+    tokenize_seconds = time.perf_counter() - started
+    metrics = nlptasks.run(recipe).metrics["train"]  # tokenizes again: a fresh process, a fresh cache
+    return {"examples": len(train), "tokenize_seconds": tokenize_seconds, "train_seconds": metrics["train_runtime"]}
+
+
+def measure(train_file: Path, workdir: Path) -> dict[str, float]:
+    command = [sys.executable, __file__, "--child", str(train_file), "--workdir", str(workdir)]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=err,
+            env={**os.environ, "HF_DATASETS_CACHE": str(workdir / "hf-cache" / train_file.stem)},
+        )
+        _, status, usage = os.wait4(child.pid, 0)
+        out.seek(0), err.seek(0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"{train_file.name} failed:\n{err.read()[-4000:]}")
+        metrics = json.loads(out.read().strip().splitlines()[-1])
+    metrics["peak_rss_mb"] = usage.ru_maxrss / 2**10
+    return metrics
+
+
+def conll_train_file(count: int, folder: Path) -> Path:
+    from nlptasks import catalog
+
+    source = catalog.local_dataset_folder("conll2003") / "train.jsonl"
+    path = folder / f"conll-train-{count}.jsonl"
+    with source.open(encoding="utf-8") as rows, path.open("w", encoding="utf-8") as out:
+        out.writelines(itertools.islice(itertools.cycle(list(rows)), count))
+    return path
+
+
+def report(results: dict[int, dict[str, float]], base: int) -> str:
+    first = results[FACTORS[0]]
+    lines = [
+        f"### Cost growth in the dataset size ({date.today()})",
+        "",
+        f"Machine: {os.cpu_count()} cores, fp32 unless the CPU has native bf16. Command: "
+        f"`NLPTASKS_DATA_DIR=../shared/data .venv/bin/python benchmarks/scaling.py --base {base} --results`. "
+        "MiniLM NER, CoNLL-2003 train sentences, one epoch.",
+        "",
+        "| size | examples | tokenize s | per 1k examples | train s | per 1k examples | peak RSS MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for factor, m in results.items():
+        per = {key: 1000 * m[key] / m["examples"] for key in ("tokenize_seconds", "train_seconds")}
+        lines.append(
+            f"| {factor}× | {m['examples']:,} | {m['tokenize_seconds']:.2f} | {per['tokenize_seconds']:.3f} | "
+            f"{m['train_seconds']:.0f} | {per['train_seconds']:.1f} | {m['peak_rss_mb']:.0f} |"
+        )
+    last = results[FACTORS[-1]]
+    growth = last["peak_rss_mb"] / first["peak_rss_mb"]
+    time_ratio = (last["train_seconds"] / last["examples"]) / (first["train_seconds"] / first["examples"])
+    lines += [
+        "",
+        f"At {FACTORS[-1]}× the data: training time per example ×{time_ratio:.2f} of the 1× run's (1.00 = linear), "
+        f"peak RSS ×{growth:.2f}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", type=int, default=500, help="sentences at 1x")
+    parser.add_argument("--workdir", type=Path, default=Path("runs/benchmarks/scaling"))
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--results", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(one_size(args.child, args.workdir)))
+        return
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    results = {factor: measure(conll_train_file(args.base * factor, args.workdir), args.workdir) for factor in FACTORS}
+    text = report(results, args.base)
+    print(text)
+    if args.results:
+        with (HERE / "RESULTS.md").open("a") as handle:
+            handle.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
