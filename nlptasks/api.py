@@ -42,9 +42,15 @@ def load(run_dir: str | Path, **options: Any) -> Predictor:
     return Predictor(run_dir, **options)
 
 
-def evaluate(run_dir: str | Path, split: str = "test", file: str | Path | None = None) -> dict[str, float]:
-    """Metrics of a finished run on one of its recipe's splits, or on a labelled file (as `test`)."""
-    predictor = Predictor(run_dir)
+def evaluate(
+    run_dir: str | Path, split: str = "test", file: str | Path | None = None, generation: dict[str, Any] | None = None
+) -> dict[str, float]:
+    """Metrics of a finished run on one of its recipe's splits, or on a labelled file (as `test`).
+
+    `generation` decodes with other settings than the recipe's (`{"length_penalty": 2.0}`): tune
+    them on validation without retraining.
+    """
+    predictor = Predictor(run_dir, generation=generation)
     data = predictor.recipe.data
     if file is not None:
         data = DataConfig(

@@ -323,6 +323,8 @@ def test_translation_with_tiny_t5_end_to_end_and_predict_streams_json_lines(
         longer.set_generation(num_beams=0)
     looked = longer.cross_attention("A man is riding a bike.")  # T5: every layer's heads averaged
     assert looked.weights.shape == (len(looked.output_tokens), len(looked.input_tokens)) and looked.text
+    rescored = nlptasks.evaluate(result.run_dir, "test", generation={"min_new_tokens": 6, "max_new_tokens": 6})
+    assert rescored["gen_len"] == 6  # scored with other decoding settings, no retraining
 
 
 def test_summarization_with_a_warm_started_tiny_bert2bert_end_to_end(
