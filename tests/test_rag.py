@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -371,6 +372,25 @@ def test_service_answers_over_http_and_refuses_bad_requests(service: str) -> Non
         with ThreadPoolExecutor(8) as pool:
             found = list(pool.map(search, queries))
         assert found == ["everest", "nile.txt", "photo", "notes/eiffel.md"] * 4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="reads resident memory from /proc")
+def test_the_service_memory_stays_flat_over_ten_times_the_requests(service: str) -> None:
+    import httpx
+
+    def resident_megabytes() -> float:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    growth = {}
+    with httpx.Client(base_url=service, timeout=60) as client:
+        for count in (20, 100, 1_000):  # the first 20 warm the service up
+            before = resident_megabytes()
+            for i in range(count):
+                assert client.post("/search", json={"query": f"climbers Nepal {i}", "top_k": 3}).status_code == 200
+            growth[count] = resident_megabytes() - before
+    print(f"RSS growth: {growth[100]:.1f} MB over 100 requests, {growth[1_000]:.1f} MB over 1,000")
+    assert growth[1_000] <= 2 * max(growth[100], 10), growth
 
 
 def test_empty_index_searches_and_answers_without_crashing(settings: RagSettings, tmp_path: Path) -> None:

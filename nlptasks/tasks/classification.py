@@ -25,6 +25,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from nlptasks.errors import DataError, RecipeError
 from nlptasks.recipe import Section
+from nlptasks.rundir import write_atomic
 from nlptasks.tasks.base import Task, softmax, text_or_json_row
 
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
@@ -185,7 +186,7 @@ class Classification(Task):
         classes = sorted(set(gold) | set(guess))
         counts = confusion_matrix(gold, guess, labels=classes)
         table = {"labels": classes, "matrix": counts.tolist()}
-        (folder / f"confusion_{split}.json").write_text(json.dumps(table, indent=1) + "\n")
+        write_atomic(folder / f"confusion_{split}.json", json.dumps(table, indent=1) + "\n")
         _plot_confusion(counts, classes, f"{split}: rows gold, columns predicted", folder / f"confusion_{split}.png")
 
     def examples_from_texts(self, texts: list[str]) -> datasets.Dataset:

@@ -27,6 +27,7 @@ from pydantic import Field, model_validator
 from sacrebleu.metrics import BLEU, CHRF
 
 from nlptasks.errors import DataError
+from nlptasks.rundir import write_atomic
 from nlptasks.tasks.base import Generation
 from nlptasks.tasks.extractive_summarization import _nonblank
 from nlptasks.tasks.seq2seq import Seq2SeqOptions, Seq2SeqTask, gen_len
@@ -102,7 +103,7 @@ class Translation(Seq2SeqTask):
     def write_artifacts(self, folder: Path, split: str, examples: datasets.Dataset, predictions: list[Any]) -> None:
         """`sacrebleu_<split>.json`: each metric's score, signature and sacreBLEU's own summary line."""
         bleu, chrf = self._sacrebleu(examples, predictions)
-        (folder / f"sacrebleu_{split}.json").write_text(json.dumps({"bleu": bleu, "chrf": chrf}, indent=1) + "\n")
+        write_atomic(folder / f"sacrebleu_{split}.json", json.dumps({"bleu": bleu, "chrf": chrf}, indent=1) + "\n")
 
     def _sacrebleu(
         self, examples: datasets.Dataset, predictions: list[Generation]
