@@ -21,7 +21,7 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from common import publish
 
 SMOLLM2_SHARED = {"data.max_train_samples": 2000, "train.batch_size": 16, "data.max_length": 128}
 TABLES: dict[str, dict[str, tuple[str, dict[str, object]]]] = {
@@ -92,10 +92,7 @@ def main() -> None:
             results[method] = measure(recipe, settings, args.set, args.workdir / f"{table}-{method}")
             print(f"{table} {method}: {json.dumps(results[method])}", flush=True)
         text = report(table, results, args.set)
-        print(text)
-        if args.results:
-            with (HERE / "RESULTS.md").open("a") as handle:
-                handle.write("\n" + text)
+        publish(text, args.results)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from common import publish
 
 
 def classifier_run(workdir: Path) -> Path:
@@ -104,10 +104,7 @@ def main() -> None:
         "",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.results:
-        with (HERE / "RESULTS.md").open("a") as handle:
-            handle.write("\n" + text)
+    publish(text, args.results)
 
 
 if __name__ == "__main__":

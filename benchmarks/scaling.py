@@ -14,14 +14,13 @@ import argparse
 import itertools
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from common import measured_child, publish
+
 FACTORS = (1, 4, 16)
 
 
@@ -58,20 +57,9 @@ def one_size(train_file: Path, workdir: Path) -> dict[str, float]:
 
 def measure(train_file: Path, workdir: Path) -> dict[str, float]:
     command = [sys.executable, __file__, "--child", str(train_file), "--workdir", str(workdir)]
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        child = subprocess.Popen(
-            command,
-            stdout=out,
-            stderr=err,
-            env={**os.environ, "HF_DATASETS_CACHE": str(workdir / "hf-cache" / train_file.stem)},
-        )
-        _, status, usage = os.wait4(child.pid, 0)
-        out.seek(0), err.seek(0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"{train_file.name} failed:\n{err.read()[-4000:]}")
-        metrics = json.loads(out.read().strip().splitlines()[-1])
-    metrics["peak_rss_mb"] = usage.ru_maxrss / 2**10
-    return metrics
+    env = {**os.environ, "HF_DATASETS_CACHE": str(workdir / "hf-cache" / train_file.stem)}  # tokenized afresh
+    metrics, peak = measured_child(command, train_file.name, env)
+    return {**metrics, "peak_rss_mb": peak / 2**20}
 
 
 def conll_train_file(count: int, folder: Path) -> Path:
@@ -127,10 +115,7 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = {factor: measure(conll_train_file(args.base * factor, args.workdir), args.workdir) for factor in FACTORS}
     text = report(results, args.base)
-    print(text)
-    if args.results:
-        with (HERE / "RESULTS.md").open("a") as handle:
-            handle.write("\n" + text)
+    publish(text, args.results)
 
 
 if __name__ == "__main__":

@@ -17,37 +17,23 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from common import measured_child, publish
 
 
 def plain_ner(args: argparse.Namespace) -> dict[str, float]:
     """The NER baseline: what `run_ner.py` does, condensed."""
-    import datasets
     import numpy as np
     from seqeval.metrics import f1_score
-    from transformers import (
-        AutoModelForTokenClassification,
-        AutoTokenizer,
-        DataCollatorForTokenClassification,
-        Trainer,
-        set_seed,
-    )
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
 
-    from nlptasks import catalog
-
-    set_seed(args.seed)
-    folder = catalog.local_dataset_folder("conll2003")
-    raw = datasets.load_dataset("json", data_files={s: str(folder / f"{s}.jsonl") for s in ("train", "test")})
+    raw, location = plain_start(args, "conll2003")
     labels = sorted({tag for tags in raw["train"]["ner_tags"] for tag in tags})
     label2id = {label: i for i, label in enumerate(labels)}
-    location = catalog.resolve_model(args.model).location
     tokenizer = AutoTokenizer.from_pretrained(location)
 
     def tokenize_and_align(batch: dict) -> dict:
@@ -66,15 +52,7 @@ def plain_ner(args: argparse.Namespace) -> dict[str, float]:
     model = AutoModelForTokenClassification.from_pretrained(
         location, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id
     )
-    trainer = Trainer(
-        model=model,
-        args=plain_arguments(args),
-        train_dataset=tokenized["train"],
-        data_collator=DataCollatorForTokenClassification(tokenizer),
-        processing_class=tokenizer,
-    )
-    train = trainer.train().metrics
-    output = trainer.predict(tokenized["test"])
+    train, output = plain_train(args, model, tokenized, DataCollatorForTokenClassification(tokenizer), tokenizer)
     predicted = np.argmax(output.predictions, axis=-1)
     gold_tags, predicted_tags = [], []
     for p_row, l_row in zip(predicted, output.label_ids):
@@ -92,36 +70,16 @@ def plain_ner(args: argparse.Namespace) -> dict[str, float]:
 
 def plain_classification(args: argparse.Namespace) -> dict[str, float]:
     """The classification baseline: what `run_glue.py` does, condensed."""
-    import datasets
     import numpy as np
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        Trainer,
-        set_seed,
-    )
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-    from nlptasks import catalog
-
-    set_seed(args.seed)
-    folder = catalog.local_dataset_folder("sst2")
-    raw = datasets.load_dataset("json", data_files={s: str(folder / f"{s}.jsonl") for s in ("train", "test")})
-    location = catalog.resolve_model(args.model).location
+    raw, location = plain_start(args, "sst2")
     tokenizer = AutoTokenizer.from_pretrained(location)
     tokenized = raw.map(
         lambda batch: tokenizer(batch["text"], truncation=True, max_length=128), batched=True, remove_columns=["text"]
     ).rename_column("label", "labels")
     model = AutoModelForSequenceClassification.from_pretrained(location, num_labels=2)
-    trainer = Trainer(
-        model=model,
-        args=plain_arguments(args),
-        train_dataset=tokenized["train"],
-        data_collator=DataCollatorWithPadding(tokenizer),
-        processing_class=tokenizer,
-    )
-    train = trainer.train().metrics
-    output = trainer.predict(tokenized["test"])
+    train, output = plain_train(args, model, tokenized, DataCollatorWithPadding(tokenizer), tokenizer)
     return {
         "train_samples_per_second": train["train_samples_per_second"],
         "train_runtime": train["train_runtime"],
@@ -131,10 +89,26 @@ def plain_classification(args: argparse.Namespace) -> dict[str, float]:
     }
 
 
-def plain_arguments(args: argparse.Namespace) -> object:
-    from transformers import TrainingArguments
+def plain_start(args: argparse.Namespace, dataset: str) -> tuple[object, str]:
+    """What both plain scripts begin with: the seed, the train and test JSON Lines, the model's folder."""
+    import datasets
+    from transformers import set_seed
 
-    return TrainingArguments(
+    from nlptasks import catalog
+
+    set_seed(args.seed)
+    folder = catalog.local_dataset_folder(dataset)
+    raw = datasets.load_dataset("json", data_files={s: str(folder / f"{s}.jsonl") for s in ("train", "test")})
+    return raw, catalog.resolve_model(args.model).location
+
+
+def plain_train(
+    args: argparse.Namespace, model: object, tokenized: object, collator: object, tokenizer: object
+) -> tuple:
+    """The examples' Trainer: train, then predict the test split; (training metrics, prediction output)."""
+    from transformers import Trainer, TrainingArguments
+
+    arguments = TrainingArguments(
         output_dir=str(args.workdir / "plain"),
         num_train_epochs=args.epochs,
         per_device_train_batch_size=args.batch_size,
@@ -148,6 +122,15 @@ def plain_arguments(args: argparse.Namespace) -> object:
         report_to="none",
         logging_steps=100,
     )
+    trainer = Trainer(
+        model=model,
+        args=arguments,
+        train_dataset=tokenized["train"],
+        data_collator=collator,
+        processing_class=tokenizer,
+    )
+    train = trainer.train().metrics
+    return train, trainer.predict(tokenized["test"])
 
 
 def toolkit(args: argparse.Namespace) -> dict[str, float]:
@@ -211,15 +194,8 @@ def measure(side: str, args: argparse.Namespace) -> dict[str, float]:
         str(args.workdir),
     ] + ([] if args.bf16 else ["--fp32"])
     command += [] if args.group_by_length else ["--no-group-by-length"]
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        child = subprocess.Popen(command, stdout=out, stderr=err, env=os.environ.copy())
-        _, status, usage = os.wait4(child.pid, 0)
-        out.seek(0), err.seek(0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"{side} failed:\n{err.read()[-4000:]}")
-        metrics = json.loads(out.read().strip().splitlines()[-1])
-    metrics["peak_rss_gb"] = usage.ru_maxrss / 2**20
-    return metrics
+    metrics, peak = measured_child(command, side)
+    return {**metrics, "peak_rss_gb": peak / 2**30}
 
 
 def matmul_peak_flops(bf16: bool, size: int = 2048, repeats: int = 10) -> float:
@@ -296,10 +272,7 @@ def main() -> None:
         return
     results = {side: measure(side, args) for side in SIDES}
     text = report(results, args, matmul_peak_flops(args.bf16))
-    print(text)
-    if args.results:
-        with (HERE / "RESULTS.md").open("a") as handle:
-            handle.write("\n" + text)
+    publish(text, args.results)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,31 @@
+"""What every benchmark shares: measuring a side in its own process, and where its table goes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def measured_child(command: list[str], name: str, env: dict[str, str] | None = None) -> tuple[dict[str, Any], int]:
+    """The JSON a child prints last, and its own peak RSS in bytes from the kernel (wait4), not a running max."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(command, stdout=out, stderr=err, env=env or os.environ.copy())
+        _, status, usage = os.wait4(child.pid, 0)
+        out.seek(0), err.seek(0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"{name} failed:\n{err.read()[-4000:]}")
+        return json.loads(out.read().strip().splitlines()[-1]), usage.ru_maxrss * 1024
+
+
+def publish(text: str, append: bool) -> None:
+    """Print a table; with `--results`, append it to RESULTS.md."""
+    print(text)
+    if append:
+        with RESULTS.open("a") as handle:
+            handle.write("\n" + text)
