@@ -65,11 +65,10 @@ def evaluate(
     splits = load_splits(data, predictor.task)
     if split not in splits:
         raise UserInputError(f"split '{split}' is not in the run's data; it has {sorted(splits)}")
-    if predictor.untrained is None:
-        known = set(predictor.id2label.values())
-        unseen = sorted(label for label in predictor.task.label_list(splits[split]) if label not in known)
-        if unseen:
-            raise DataError(f"{file or split}: labels the model was never trained on: {unseen}")
+    if predictor.untrained is None and (
+        unseen := training.unseen_labels(predictor.task, splits[split], predictor.id2label.values())
+    ):
+        raise DataError(f"{file or split}: labels the model was never trained on: {unseen}")
     return predictor.score(splits[split])
 
 

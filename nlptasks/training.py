@@ -15,7 +15,7 @@ import logging
 import resource
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -415,10 +415,14 @@ def _labels(task: Task, splits: datasets.DatasetDict) -> list[str]:
     """The training split's labels; a label only other splits have is an error, not a crash mid-run."""
     labels = task.label_list(splits["train"])
     for name, split in splits.items():
-        unseen = sorted(set(task.label_list(split)) - set(labels))
-        if unseen:
+        if unseen := unseen_labels(task, split, labels):
             raise DataError(f"data: the {name} split has labels the train split never has: {unseen}")
     return labels
+
+
+def unseen_labels(task: Task, examples: datasets.Dataset, known: Iterable[str]) -> list[str]:
+    """Labels in `examples` outside `known` (a model's classes), which it could never predict or score."""
+    return sorted(set(task.label_list(examples)) - set(known))
 
 
 def evaluate_split(
