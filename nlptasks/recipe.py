@@ -93,10 +93,13 @@ class TrainConfig(Section):
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
     lr_scheduler: str = "linear"
+    """Any of transformers' `SchedulerType`s; `warmup_stable_decay` holds the rate, then decays it over `decay_ratio`."""
+    decay_ratio: float = Field(default=0.1, gt=0, le=1)
+    """Share of the steps `warmup_stable_decay` spends decaying the rate to 0 (cosine), at the end of training."""
     optimizer: Literal["adamw", "sgd", "adafactor"] = "adamw"
-    """`sgd`: plain SGD without momentum (the classic RNN setting); `adafactor`: T5's own optimizer with
-    relative step sizes scaled by each weight's RMS, which ignores `learning_rate`, `warmup_ratio` and
-    `lr_scheduler` (for Transformers trained from scratch, whose tied embedding AdamW grows too slowly)."""
+    """`sgd`: plain SGD without momentum (the classic RNN setting); `adafactor`: T5's own optimizer, each
+    weight's step `learning_rate` times its RMS (for Transformers trained from scratch, whose tied embedding
+    AdamW grows too slowly; T5's relative step is this at 1e-2 with the `constant` schedule up to step 10,000)."""
     max_grad_norm: float = Field(default=1.0, ge=0)
     """Gradients are rescaled to at most this norm before each step; 0 turns clipping off (the norm is still logged)."""
     seed: int = 42

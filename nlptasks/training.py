@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import logging
+import math
 import resource
 import shutil
 import time
@@ -27,9 +28,9 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.integrations import TensorBoardCallback
-from transformers.optimization import Adafactor
+from transformers.optimization import Adafactor, get_wsd_schedule
 from transformers.trainer_pt_utils import LengthGroupedSampler
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SchedulerType
 
 from nlptasks import adapters, catalog, models
 from nlptasks.data import load_splits, pad_batch
@@ -78,7 +79,8 @@ class TaskTrainer(Trainer):
         lengths: list[int] | None = None,
         generates: bool = False,
         train_collator: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
-        relative_adafactor: bool = False,
+        scaled_adafactor: bool = False,
+        decay_ratio: float = 0.0,
         batch_dump: Path | None = None,
         **kwargs: Any,
     ) -> None:
@@ -86,7 +88,8 @@ class TaskTrainer(Trainer):
         self.lengths = lengths
         self.generates = generates
         self.train_collator = train_collator
-        self.relative_adafactor = relative_adafactor
+        self.scaled_adafactor = scaled_adafactor
+        self.decay_ratio = decay_ratio
         self.batch_dump = batch_dump
 
     def training_step(
@@ -118,25 +121,32 @@ class TaskTrainer(Trainer):
         )
 
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
-        """The Trainer's `optim="adafactor"` fixes the step size; T5's Adafactor computes it per step and weight."""
-        if not self.relative_adafactor:
+        """The Trainer's `optim="adafactor"` takes equal steps for every weight; T5's scales each by its RMS."""
+        if not self.scaled_adafactor:
             return super().create_optimizer(model)
         if self.optimizer is None:
             trainable = [p for p in self.model.parameters() if p.requires_grad]
             self.optimizer = Adafactor(
-                trainable, lr=None, relative_step=True, scale_parameter=True, weight_decay=self.args.weight_decay
+                trainable,
+                lr=self.args.learning_rate,
+                relative_step=False,
+                scale_parameter=True,
+                weight_decay=self.args.weight_decay,
             )
         return self.optimizer
 
     def create_scheduler(
         self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
     ) -> torch.optim.lr_scheduler.LRScheduler:
-        """Relative steps are their own schedule; this one only reports the step size they reached."""
-        if not self.relative_adafactor:
-            return super().create_scheduler(num_training_steps, optimizer)
-        if self.lr_scheduler is None:
-            self.lr_scheduler = RelativeStepSize(optimizer or self.optimizer)
-        return self.lr_scheduler
+        """`warmup_stable_decay` is told its decay as a share of the steps, as warmup is, not as a count."""
+        if self.lr_scheduler is None and self.args.lr_scheduler_type == SchedulerType.WARMUP_STABLE_DECAY:
+            self.lr_scheduler = get_wsd_schedule(
+                optimizer or self.optimizer,
+                num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
+                num_decay_steps=math.ceil(self.decay_ratio * num_training_steps),
+                num_training_steps=num_training_steps,
+            )
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def get_train_dataloader(self) -> DataLoader:
         if self.train_collator is None:
@@ -177,17 +187,6 @@ class TaskTrainer(Trainer):
         loss, _, _ = super().prediction_step(model, inputs, True, ignore_keys)
         inputs = self._prepare_inputs(inputs)
         return loss, generation.generate_ids(self.model, inputs), inputs.get("labels")
-
-
-class RelativeStepSize(torch.optim.lr_scheduler.LRScheduler):
-    """Reports Adafactor's relative step, min(1e-2, 1/sqrt(step)) of each weight's RMS, as the learning rate.
-
-    It changes nothing (relative steps ignore a group's `lr`); `transformers.AdafactorSchedule` reads
-    the optimizer's internals, which accelerate's optimizer wrapper hides.
-    """
-
-    def get_lr(self) -> list[float]:
-        return [min(1e-2, max(self.last_epoch, 1) ** -0.5)] * len(self.optimizer.param_groups)
 
 
 class CSVLogCallback(TrainerCallback):
@@ -300,7 +299,8 @@ def run(recipe: Recipe) -> RunResult:
         lengths=lengths_of(features["train"]) if recipe.train.group_by_length else None,
         generates=task.generates,
         train_collator=task.training_collator(tokenizer),
-        relative_adafactor=recipe.train.optimizer == "adafactor",
+        scaled_adafactor=recipe.train.optimizer == "adafactor",
+        decay_ratio=recipe.train.decay_ratio,
         batch_dump=run_dir.logs,
     )
     if trainer.is_world_process_zero():

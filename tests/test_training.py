@@ -63,21 +63,31 @@ def test_clipping_off_still_logs_the_gradient_norm(tiny_bert: Path, ner_recipe, 
         nlptasks.load_recipe(ner_recipe(tiny_bert, tmp_path / "bad", max_grad_norm=-1))
 
 
-OPTIMIZER_STATE = {"sgd": {"momentum": 0}, "adafactor": {"relative_step": True, "scale_parameter": True}}
+OPTIMIZER_STATE = {
+    "sgd": ({"momentum": 0}, 0.5),
+    "adafactor": ({"relative_step": False, "scale_parameter": True}, 1e-2),
+}
 
 
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZER_STATE))
 def test_the_optimizer_is_a_setting(optimizer: str, tiny_bert: Path, ner_recipe, tmp_path: Path) -> None:
-    """SGD for the classic RNN lessons; Adafactor's relative steps for T5 from scratch (learning_rate unused)."""
-    run = nlptasks.run(ner_recipe(tiny_bert, tmp_path / "run", optimizer=optimizer, epochs=1, learning_rate=0.5))
+    """SGD for the classic RNN lessons; Adafactor's RMS-scaled steps for T5 from scratch."""
+    state, rate = OPTIMIZER_STATE[optimizer]
+    run = nlptasks.run(ner_recipe(tiny_bert, tmp_path / "run", optimizer=optimizer, epochs=1, learning_rate=rate))
     [checkpoint] = (run.run_dir / "checkpoints").glob("checkpoint-*")
     groups = torch.load(checkpoint / "optimizer.pt", weights_only=True)["param_groups"]
-    assert all(group.items() >= OPTIMIZER_STATE[optimizer].items() for group in groups), groups
+    assert all(group.items() >= state.items() for group in groups), groups
+
+
+def test_warmup_stable_decay_holds_the_rate_then_decays_it(tiny_bert: Path, ner_recipe, tmp_path: Path) -> None:
+    """T5's recipe holds Adafactor's rate and anneals it over the last `decay_ratio` of the steps."""
+    settings = {"optimizer": "adafactor", "learning_rate": 1e-2, "lr_scheduler": "warmup_stable_decay"}
+    run = nlptasks.run(ner_recipe(tiny_bert, tmp_path / "run", epochs=4, decay_ratio=0.5, logging_steps=1, **settings))
     rows = [row.split(",") for row in (run.run_dir / "logs" / "metrics.csv").read_text().splitlines()[1:]]
     rates = [float(value) for _, _, name, value in rows if name == "learning_rate"]
-    assert rates and all(rate <= (0.5 if optimizer == "sgd" else 1e-2) for rate in rates), rates
-
-
+    half = len(rates) // 2
+    assert rates[:half] == [1e-2] * half and rates[half:] == sorted(rates[half:], reverse=True), rates
+    assert rates[-1] < 1e-3, rates
 @pytest.mark.parametrize("method", ["full", "lora", "qlora"])
 def test_a_killed_run_resumes_to_the_same_final_metrics(
     tiny_bert: Path, ner_recipe, tmp_path: Path, method: str
