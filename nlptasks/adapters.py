@@ -113,6 +113,7 @@ def with_lora(
     """`model` with LoRA adapters; `fresh_weights` are the parameter names the checkpoint did not hold."""
     if adaptation.quantized:
         unquantize_fresh_layers(model)
+        keep_the_trainable_4bit_layout(model)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=adaptation.gradient_checkpointing)
     elif adaptation.gradient_checkpointing:
         model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a graph to replay
@@ -147,6 +148,20 @@ def unquantize_fresh_layers(model: PreTrainedModel) -> None:
             if module.bias is not None:
                 plain.bias = torch.nn.Parameter(module.bias.data)
             model.set_submodule(name, plain)
+
+
+def keep_the_trainable_4bit_layout(model: PreTrainedModel) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for inference at the first evaluation.
+
+    On a CPU with AVX512-BF16, bitsandbytes 0.50 rewrites a `Linear4bit` weight into an inference
+    layout at its first eval-mode forward and keeps it: training after a mid-run evaluation then
+    fails (its matmul has no backward), and layers whose sizes are not multiples of 32 fail at once.
+    """
+    from bitsandbytes.nn import Linear4bit
+
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _targets(model: PreTrainedModel, asked: list[str] | None, saved: list[str]) -> list[str]:
