@@ -176,7 +176,7 @@ class Predictor:
         generated = generation.generate_ids(self.model, inputs)
         layers = self.model(**inputs, labels=generated, output_attentions=True).cross_attentions
         per_layer = [layer.float().mean(1) if layer.dim() == 4 else layer.float() for layer in layers]  # heads averaged
-        present = inputs["attention_mask"][0].bool()  # batches may be padded to a multiple of 8
+        present = inputs["attention_mask"][0].bool()  # batches may be padded (to a multiple of 8 on a GPU)
         return CrossAttention(
             input_tokens=self.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0][present].tolist()),
             output_tokens=self.tokenizer.convert_ids_to_tokens(generated[0].tolist()),
