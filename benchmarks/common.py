@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,3 +30,16 @@ def publish(text: str, append: bool) -> None:
     if append:
         with RESULTS.open("a") as handle:
             handle.write("\n" + text)
+
+
+def matmul_peak_flops(bf16: bool, size: int = 2048, repeats: int = 10) -> float:
+    """This machine's dense matmul rate: the ceiling a model's achieved FLOP/s is read against."""
+    import torch
+
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - started)

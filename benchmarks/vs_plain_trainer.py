@@ -22,7 +22,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from common import measured_child, publish
+from common import matmul_peak_flops, measured_child, publish
 
 
 def plain_ner(args: argparse.Namespace) -> dict[str, float]:
@@ -196,19 +196,6 @@ def measure(side: str, args: argparse.Namespace) -> dict[str, float]:
     command += [] if args.group_by_length else ["--no-group-by-length"]
     metrics, peak = measured_child(command, side)
     return {**metrics, "peak_rss_gb": peak / 2**30}
-
-
-def matmul_peak_flops(bf16: bool, size: int = 2048, repeats: int = 10) -> float:
-    """This machine's dense matmul rate in the training precision: the ceiling training FLOP/s is read against."""
-    import torch
-
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - started)
 
 
 def report(results: dict[str, dict[str, float]], args: argparse.Namespace, peak: float) -> str:
