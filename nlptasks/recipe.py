@@ -93,7 +93,7 @@ class TrainConfig(Section):
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
     lr_scheduler: str = "linear"
-    """Any of transformers' `SchedulerType`s; `warmup_stable_decay` holds the rate, then decays it over `decay_ratio`."""
+    """A transformers `SchedulerType`; `warmup_stable_decay` holds the rate, then decays it over `decay_ratio`."""
     decay_ratio: float = Field(default=0.1, gt=0, le=1)
     """Share of the steps `warmup_stable_decay` spends decaying the rate to 0 (cosine), at the end of training."""
     optimizer: Literal["adamw", "sgd", "adafactor"] = "adamw"

@@ -88,6 +88,8 @@ def test_warmup_stable_decay_holds_the_rate_then_decays_it(tiny_bert: Path, ner_
     half = len(rates) // 2
     assert rates[:half] == [1e-2] * half and rates[half:] == sorted(rates[half:], reverse=True), rates
     assert rates[-1] < 1e-3, rates
+
+
 @pytest.mark.parametrize("method", ["full", "lora", "qlora"])
 def test_a_killed_run_resumes_to_the_same_final_metrics(
     tiny_bert: Path, ner_recipe, tmp_path: Path, method: str
