@@ -64,7 +64,7 @@ def classification(ns: Namespace) -> None:
 
 
 def question_answering(ns: Namespace) -> None:
-    """60 steps in the test (the notebook's 100: F1 0.199); chance is near 0 F1, the full recipe reaches 0.66."""
+    """The notebook's 100 steps (F1 0.199; at 60 the reader answered "Monday" on a bf16 CPU); chance is near 0 F1."""
     assert ns["result"].metrics["validation"]["f1"] > 0.08, ns["result"].metrics["validation"]
     context = "Angela Merkel met Emmanuel Macron in Berlin on Monday."
     [shown] = ns["reader"].predict({"question": "Where did Angela Merkel meet Macron?", "context": context})
@@ -138,7 +138,7 @@ EXPECTED = {
     "01_quickstart.ipynb": Expectation(quickstart, needs_data=False),
     "02_named_entity_recognition.ipynb": Expectation(ner, {"STEPS": 150}),
     "03_text_classification.ipynb": Expectation(classification),
-    "04_question_answering.ipynb": Expectation(question_answering, {"STEPS": 60, "EVAL_QUESTIONS": 200}),
+    "04_question_answering.ipynb": Expectation(question_answering, {"STEPS": 100, "EVAL_QUESTIONS": 200}),
     "05_extractive_summarization.ipynb": Expectation(extractive_summarization),
     "06_abstractive_summarization.ipynb": Expectation(
         abstractive_summarization, {"TRAIN_DIALOGUES": 8, "EVAL_DIALOGUES": 6}

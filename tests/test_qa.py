@@ -310,7 +310,7 @@ def test_bilstm_reader_ignores_padding_and_learns_to_point_at_the_answer() -> No
     features = [dict(f) for f in task.featurize(train, tokenizer, {}).select_columns(columns)]
 
     model.eval()
-    batch = pad_batch(features[:4], task.pad_values(tokenizer))
+    batch = pad_batch(features[:4], task.pad_values(tokenizer), multiple_of=128)  # windows are <= 64: all padded
     padded = batch["attention_mask"] == 0
     assert padded.any()
     changed = dict(batch, input_ids=batch["input_ids"].masked_fill(padded, 5))
