@@ -132,6 +132,17 @@ def test_rouge_keys_and_a_hand_checked_value() -> None:
     assert metrics["oracle_rouge1"] == pytest.approx(2 / 3)  # the oracle also picks only the first turn
 
 
+def test_rows_with_several_references_are_scored_against_their_best_one() -> None:
+    document = "The cat sat.\nA dog ran."
+    rows = [
+        {"document": document, "summary": "The cat sat on the mat.", "references": None},
+        {"document": document, "summary": "A bird sang.", "references": ["A bird sang.", "A dog ran."]},
+    ]
+    examples = datasets.Dataset.from_list(rows, features=ExtractiveSummarization.features())
+    metrics = task().score(examples, [{"indices": [0], "scores": [1.0, 0.0]}, {"indices": [1], "scores": [0.0, 1.0]}])
+    assert metrics["rouge1"] == pytest.approx((2 / 3 + 1) / 2)  # the second row matches its second reference
+
+
 def test_no_sentence_is_lost_on_a_document_longer_than_max_length(tokenizer) -> None:
     turns = [f"#Person{i % 2 + 1}#: turn number {i} talks about topic {i} at some length." for i in range(30)]
     turns[7] = "#Person2#: " + " ".join(["word"] * 80)  # alone longer than a window

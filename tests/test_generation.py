@@ -23,7 +23,8 @@ from nlptasks.models.t5 import train_unigram_tokenizer
 from nlptasks.recipe import DataConfig, GenerationSettings, load_recipe
 from nlptasks.tasks import TASKS
 from nlptasks.tasks.base import Generation
-from nlptasks.tasks.summarization import Summarization, best_rouge
+from nlptasks.tasks.extractive_summarization import rouge
+from nlptasks.tasks.summarization import Summarization
 from nlptasks.tasks.translation import Translation, TranslationOptions
 
 PAIRS = [
@@ -187,9 +188,9 @@ def test_targets_end_with_eos_and_the_direction_is_a_setting(tokenizer, source: 
 def test_rouge_on_a_hand_computed_case_takes_each_types_best_reference() -> None:
     # "the cat sat" against "the cat sat on the mat": 3 of 6 unigrams, P 1, R 1/2, F 2/3;
     # 2 of 5 bigrams, P 1, R 2/5, F 4/7; the longest common subsequence is the 3 unigrams.
-    scores = best_rouge(["the cat sat on the mat"], "the cat sat")
+    scores = rouge([["the cat sat on the mat"]], [["the cat sat"]])
     assert scores == pytest.approx({"rouge1": 2 / 3, "rouge2": 4 / 7, "rougeL": 2 / 3, "rougeLsum": 2 / 3})
-    assert best_rouge(["a dog barked", "The cats sat."], "the cat sat") == pytest.approx(dict.fromkeys(scores, 1.0))
+    assert rouge([["a dog barked", "The cats sat."]], [["the cat sat"]]) == pytest.approx(dict.fromkeys(scores, 1.0))
 
 
 def test_summaries_are_scored_against_all_references_where_a_row_has_them() -> None:

@@ -8,7 +8,7 @@ packed whole into windows of `data.max_length` tokens and a sentence that does n
 next window: every sentence is scored exactly once, however long the document (`data.stride`
 is not used). A single sentence longer than a window keeps its first `max_length - 2` tokens.
 
-Labels come from a greedy ROUGE oracle against the reference summary. It is computed once per
+Labels come from a greedy ROUGE oracle against the `summary`. It is computed once per
 example by `datasets.map`, whose cache keeps it on disk beside the split's Arrow files (keyed
 by the split's fingerprint and the splitting mode), so later epochs, evaluations and runs on
 the same data reuse it; in-memory datasets (tests, `predict`) compute it on each call.
@@ -17,6 +17,8 @@ Selection: highest score first, at most `k` sentences and `max_words` words, ski
 that shares a word trigram with one already chosen (trigram blocking), shown in document order.
 The untrained baselines `lead`, `textrank` and `random` (chance) are model names of this task
 (`untrained_method`): they score sentences without a model and share selection and metrics.
+Scoring takes a row's `references` (several gold summaries, as in DialogSum's test split) where
+it has them, like the abstractive task, so extractive and abstractive figures compare directly.
 
 `predict` takes one document per text. Dialogue turns are lines: a JSON line `{"text": "A: hi\\nB: hello"}`
 gives real line breaks, and a text without any line break has its literal two-character `\\n`
@@ -91,11 +93,11 @@ class ExtractiveSummarization(Task):
 
     @classmethod
     def features(cls) -> datasets.Features:
-        return datasets.Features({"document": datasets.Value("string"), "summary": datasets.Value("string")})
+        return SUMMARY_FEATURES
 
     @classmethod
     def check_row(cls, row: dict[str, Any], label_names: list[str] | None) -> dict[str, Any]:
-        return {field: _nonblank(row[field], field) for field in ("document", "summary")}
+        return check_summary_row(row)
 
     def label_list(self, train: datasets.Dataset) -> list[str]:
         return LABELS
@@ -164,11 +166,12 @@ class ExtractiveSummarization(Task):
         return {"indices": indices, "scores": [float(score) for score in scores]}
 
     def score(self, examples: datasets.Dataset, predictions: list[dict[str, Any]]) -> dict[str, float]:
-        """Mean ROUGE F of the predictions, and of the oracle (`oracle_*`: the ceiling of any selection)."""
+        """Mean ROUGE F of the predictions, and of the oracle (`oracle_*`: the ceiling of selections for `summary`)."""
         units = [self.sentences(document) for document in examples["document"]]
         oracle = self.with_oracle(examples)["oracle"]
-        metrics = rouge(examples["summary"], [[t[i] for i in p["indices"]] for t, p in zip(units, predictions)])
-        ceiling = rouge(examples["summary"], [[t[i] for i in chosen] for t, chosen in zip(units, oracle)])
+        golds = gold_summaries(examples)
+        metrics = rouge(golds, [[t[i] for i in p["indices"]] for t, p in zip(units, predictions)])
+        ceiling = rouge(golds, [[t[i] for i in chosen] for t, chosen in zip(units, oracle)])
         return metrics | {f"oracle_{key}": value for key, value in ceiling.items()}
 
     def examples_from_texts(self, texts: list[str]) -> datasets.Dataset:
@@ -238,6 +241,26 @@ def _abbreviation(sentence: str) -> bool:
         return False
     word = words[-1].lstrip("(\"'“‘").rstrip(".").lower()
     return word in ABBREVIATIONS or (len(word) == 1 and word.isalpha())
+
+
+SUMMARY_FEATURES = datasets.Features(
+    {
+        "document": datasets.Value("string"),
+        "summary": datasets.Value("string"),
+        "references": datasets.Sequence(datasets.Value("string")),
+    }
+)
+
+
+def check_summary_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A document with its summary and, optionally, a non-empty list of reference summaries."""
+    checked = {field: _nonblank(row[field], field) for field in ("document", "summary")}
+    references = row.get("references")
+    if references is not None:
+        if not isinstance(references, list) or not references:
+            raise ValueError(f"field 'references' must be a non-empty list of summaries, got {references!r}")
+        references = [_nonblank(text, f"references[{i}]") for i, text in enumerate(references)]
+    return {**checked, "references": references}
 
 
 def _nonblank(value: Any, field: str) -> str:
@@ -378,18 +401,30 @@ def _rouge_scorer() -> RougeScorer:
     return RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
 
 
-def rouge(references: list[str], summaries: list[list[str]]) -> dict[str, float]:
+def rouge(golds: list[list[str]], summaries: list[list[str]]) -> dict[str, float]:
     """Mean ROUGE F-measures (rouge-score, Porter stemming); rougeLsum sees one sentence per line.
 
-    References are split with `split_sentences`, summaries are their selected sentences.
+    `golds` holds each example's reference summaries: each ROUGE type takes its best reference,
+    as rouge-score's `score_multi` does. References are split with `split_sentences`; summaries
+    come as their sentences.
     """
     totals = dict.fromkeys(ROUGE_TYPES, 0.0)
-    for reference, sentences in zip(references, summaries):
-        lines = "\n".join(reference[start:end] for start, end in split_sentences(reference))
-        scores = _rouge_scorer().score(lines, "\n".join(sentences))
+    for references, sentences in zip(golds, summaries):
+        summary = "\n".join(sentences)
+        per_reference = [_rouge_scorer().score("\n".join(sentence_texts(gold)), summary) for gold in references]
         for key in ROUGE_TYPES:
-            totals[key] += scores[key].fmeasure
-    return {key: total / max(len(references), 1) for key, total in totals.items()}
+            totals[key] += max(scores[key].fmeasure for scores in per_reference)
+    return {key: total / max(len(golds), 1) for key, total in totals.items()}
+
+
+def sentence_texts(text: str) -> list[str]:
+    return [text[start:end] for start, end in split_sentences(text)]
+
+
+def gold_summaries(examples: datasets.Dataset) -> list[list[str]]:
+    """Each example's reference summaries: its `references` where it has them, else its `summary`."""
+    references = examples["references"] if "references" in examples.column_names else [None] * len(examples)
+    return [several or [summary] for several, summary in zip(references, examples["summary"])]
 
 
 def greedy_oracle(texts: list[str], summary: str) -> list[int]:

@@ -6,9 +6,9 @@ document (DialogSum's test split has three; its `summary` is the first of them).
 
 Metrics: ROUGE-1/2/L/Lsum F-measures on a 0-1 scale through the extractive task's `rouge` helper
 (rouge-score, Porter stemming; for Lsum the generated summary and the reference are split into
-one sentence per line). With several references each ROUGE type takes its best reference, as
-rouge-score's `score_multi` does, and examples are averaged. `gen_len` is the mean generated
-length in tokens.
+one sentence per line), so both tasks score alike. With several references each ROUGE type takes
+its best reference, as rouge-score's `score_multi` does, and examples are averaged. `gen_len` is
+the mean generated length in tokens.
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ from typing import Any
 import datasets
 
 from nlptasks.tasks.base import Generation
-from nlptasks.tasks.extractive_summarization import ROUGE_TYPES, _nonblank, rouge, split_sentences
+from nlptasks.tasks.extractive_summarization import (
+    SUMMARY_FEATURES,
+    check_summary_row,
+    gold_summaries,
+    rouge,
+    sentence_texts,
+)
 from nlptasks.tasks.seq2seq import Seq2SeqTask, gen_len
 
 
@@ -30,23 +36,11 @@ class Summarization(Seq2SeqTask):
 
     @classmethod
     def features(cls) -> datasets.Features:
-        return datasets.Features(
-            {
-                "document": datasets.Value("string"),
-                "summary": datasets.Value("string"),
-                "references": datasets.Sequence(datasets.Value("string")),
-            }
-        )
+        return SUMMARY_FEATURES
 
     @classmethod
     def check_row(cls, row: dict[str, Any], label_names: list[str] | None) -> dict[str, Any]:
-        checked = {field: _nonblank(row[field], field) for field in ("document", "summary")}
-        references = row.get("references")
-        if references is not None:
-            if not isinstance(references, list) or not references:
-                raise ValueError(f"field 'references' must be a non-empty list of summaries, got {references!r}")
-            references = [_nonblank(text, f"references[{i}]") for i, text in enumerate(references)]
-        return {**checked, "references": references}
+        return check_summary_row(row)
 
     def text_columns(self) -> tuple[str, ...]:
         return ("document", "summary")
@@ -62,20 +56,11 @@ class Summarization(Seq2SeqTask):
 
     def score(self, examples: datasets.Dataset, predictions: list[Generation]) -> dict[str, float]:
         """Mean best-reference ROUGE F-measures and `gen_len` (see the module docstring)."""
-        golds = [references or [summary] for references, summary in zip(examples["references"], examples["summary"])]
-        scores = [best_rouge(references, prediction.text) for references, prediction in zip(golds, predictions)]
-        metrics = {key: sum(score[key] for score in scores) / max(len(scores), 1) for key in ROUGE_TYPES}
-        return metrics | {"gen_len": gen_len(predictions)}
+        summaries = [sentence_texts(prediction.text) for prediction in predictions]
+        return rouge(gold_summaries(examples), summaries) | {"gen_len": gen_len(predictions)}
 
     def present(self, example: dict[str, Any], prediction: Generation) -> dict[str, Any]:
         shown = {"document": example["document"], "summary": prediction.text}
         if example.get("summary") is not None:
             shown["gold"] = example["summary"]
         return shown
-
-
-def best_rouge(references: list[str], summary: str) -> dict[str, float]:
-    """ROUGE F-measures of one generated summary, each type against its best-matching reference."""
-    sentences = [summary[start:end] for start, end in split_sentences(summary)]
-    per_reference = [rouge([reference], [sentences]) for reference in references]
-    return {key: max(scores[key] for scores in per_reference) for key in ROUGE_TYPES}
