@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from nlptasks.data import load_splits, pad_batch, read_rows
 from nlptasks.errors import DataError
 from nlptasks.recipe import DataConfig
 from nlptasks.tasks import NER, Classification
+from nlptasks.tasks.base import lengths_of, sorted_by_length
 from nlptasks.tasks.ner import NEROptions
 
 
@@ -102,3 +104,9 @@ def test_pad_batch_pads_each_field_with_its_value_to_a_multiple() -> None:
     assert batch["labels"][1].tolist() == [1] + [-100] * 7
     assert batch["char_ids"].shape == (2, 8, 3) and batch["char_ids"][0, 1].tolist() == [3, 0, 0]
     assert torch.equal(batch["example_index"], torch.tensor([0, 1]))
+
+
+def test_lengths_and_length_order_follow_a_selection_of_the_rows() -> None:
+    features = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3], [4], [5, 6], []]}).select([2, 0, 1, 3])
+    assert lengths_of(features) == [2, 3, 1, 0]
+    assert sorted_by_length(features)["input_ids"] == [[], [4], [5, 6], [1, 2, 3]]
