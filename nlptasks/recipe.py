@@ -119,6 +119,9 @@ class TrainConfig(Section):
     num_workers: int = Field(default=0, ge=0)
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory for about a third more time."""
+    trim_memory_every: int | None = Field(default=10, gt=0)
+    """Hand the heap's free pages back to the OS every this many steps and evaluation batches (glibc
+    only; None: never). Batches of varying length fragment the heap, and RSS grows with it."""
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

@@ -9,6 +9,7 @@ dynamic padding, evaluation through the task's own decoding, resume, and the run
 from __future__ import annotations
 
 import csv
+import ctypes
 import io
 import json
 import logging
@@ -222,6 +223,41 @@ class CSVLogCallback(TrainerCallback):
             for name, value in logs.items():
                 if isinstance(value, int | float):
                     writer.writerow([state.global_step, f"{state.epoch or 0:.4f}", name, value])
+
+
+class TrimFreedMemory(TrainerCallback):
+    """Return the heap's free pages to the OS (glibc's `malloc_trim`) every `every` training steps and
+    evaluation batches.
+
+    Tensors of every size, as length-grouped batches make them, fragment glibc's heap: freed blocks
+    stay resident because new ones do not fit them. T5-mini on DialogSum held 0.85 GB of live blocks
+    in a 5.7 GB heap after 160 steps, and a full run peaked at 13 GB. A trim costs page faults when
+    the pages are used again, which is why it is not done every step (RESULTS.md, issue 10).
+    """
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.calls = 0
+        self.trim = _malloc_trim()
+
+    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self._tick()
+
+    def on_prediction_step(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self._tick()
+
+    def _tick(self) -> None:
+        self.calls += 1
+        if self.trim is not None and self.calls % self.every == 0:
+            self.trim(0)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`, or None where the C library is another (macOS, musl)."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def last_complete_checkpoint(folder: Path) -> Path | None:
@@ -544,6 +580,8 @@ def _callbacks(recipe: Recipe, run_dir: RunDir, args: TrainingArguments) -> list
         callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir.logs / "tensorboard"))))
     if recipe.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))
+    if recipe.train.trim_memory_every:
+        callbacks.append(TrimFreedMemory(recipe.train.trim_memory_every))
     return callbacks
 
 

@@ -20,7 +20,7 @@ import nlptasks
 from nlptasks.cli import main
 from nlptasks.errors import DataError, TrainingDiverged
 from nlptasks.rundir import RunDir, publish_folder
-from nlptasks.training import TaskTrainer
+from nlptasks.training import TaskTrainer, TrimFreedMemory
 
 CONTRACT_FILES = (
     "recipe.yaml",
@@ -258,3 +258,16 @@ def test_a_model_folder_whose_swap_was_killed_between_its_renames_is_put_back(tm
     with pytest.raises(OSError, match="disk full"):
         publish_folder(tmp_path / "model", save_fails)
     assert (tmp_path / "model" / "config.json").is_file()  # a failing save still leaves the previous model
+
+
+def test_freed_heap_memory_is_handed_back_every_n_steps_and_evaluation_batches() -> None:
+    trimmer = TrimFreedMemory(every=3)
+    if sys.platform == "linux":
+        assert trimmer.trim is not None  # glibc's malloc_trim, found
+    calls: list[int] = []
+    trimmer.trim = lambda pad: calls.append(pad) or 1
+    for _ in range(4):
+        trimmer.on_step_end(None, None, None)
+    for _ in range(3):
+        trimmer.on_prediction_step(None, None, None)
+    assert calls == [0, 0]
