@@ -87,7 +87,8 @@ def _return_freed_memory_to_the_os() -> None:
     QLoRA on the CPU dequantizes every 4-bit weight at every use (twice more in the backward pass
     with gradient checkpointing); glibc's heap keeps those freed blocks and, fragmented, grows to
     about as much as full fine-tuning holds (SmolLM2-135M: 3.4 GB peak RSS vs 1.4 GB with this),
-    which would defeat QLoRA's purpose. The cost is page faults: ~40% fewer samples/s measured.
+    which would defeat QLoRA's purpose. The cost is page faults, about half the samples/s; the training
+    core's periodic `malloc_trim` alone keeps the speed but not the memory (2.26 vs 1.52 GB, RESULTS.md).
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
