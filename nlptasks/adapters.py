@@ -10,7 +10,7 @@ adapts, which `load` reads back.
 QLoRA (`method: qlora`) loads the base weights in 4-bit NF4 with double quantization
 (bitsandbytes; on CUDA and, from bitsandbytes 0.48, on the CPU), computing in bf16 where the
 recipe's precision resolves to it; the task head stays out of the quantization. On the CPU it
-also makes glibc hand freed memory back (see `_return_freed_memory_to_the_os`): memory is what
+also makes glibc hand freed memory back (`heap.serve_large_blocks_by_mmap`): memory is what
 QLoRA is for.
 A QLoRA run loads back over its base quantized to NF4 and dequantized: the very weights its
 adapters trained against, so `predict` and a merged export score as the run did.
@@ -19,7 +19,6 @@ adapters trained against, so `predict` and a merged export score as the run did.
 from __future__ import annotations
 
 import copy
-import ctypes
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model, prepare_mode
 from transformers import BitsAndBytesConfig, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
+from nlptasks import heap
 from nlptasks.errors import RecipeError, did_you_mean
 from nlptasks.recipe import AdapterOptions
 
@@ -77,25 +77,10 @@ def quantization(adaptation: Adaptation | None) -> dict[str, Any]:
     except ImportError:
         raise RecipeError("method: qlora needs bitsandbytes: pip install 'nlptasks[quant]'") from None
     if not torch.cuda.is_available():
-        _return_freed_memory_to_the_os()
+        # Dequantized copies at every use fragment glibc's heap up to full fine-tuning's size (SmolLM2:
+        # 3.4 GB vs 1.4 GB); the training core's periodic trim alone keeps speed, not memory (RESULTS.md).
+        heap.serve_large_blocks_by_mmap()
     return {"quantization_config": nf4(adaptation.compute_dtype), "dtype": adaptation.compute_dtype}
-
-
-def _return_freed_memory_to_the_os() -> None:
-    """glibc only: serve blocks of 64 KiB and more by mmap, unmapped when freed, for the rest of the process.
-
-    QLoRA on the CPU dequantizes every 4-bit weight at every use (twice more in the backward pass
-    with gradient checkpointing); glibc's heap keeps those freed blocks and, fragmented, grows to
-    about as much as full fine-tuning holds (SmolLM2-135M: 3.4 GB peak RSS vs 1.4 GB with this),
-    which would defeat QLoRA's purpose. The cost is page faults, about half the samples/s; the training
-    core's periodic `malloc_trim` alone keeps the speed but not the memory (2.26 vs 1.52 GB, RESULTS.md).
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_mmap_threshold = -3  # <malloc.h>; fixing it also stops glibc from raising it after each free
-    libc.mallopt(m_mmap_threshold, 64 * 1024)
 
 
 def nf4(compute_dtype: torch.dtype) -> BitsAndBytesConfig:

@@ -9,7 +9,6 @@ dynamic padding, evaluation through the task's own decoding, resume, and the run
 from __future__ import annotations
 
 import csv
-import ctypes
 import io
 import json
 import logging
@@ -33,7 +32,7 @@ from transformers.optimization import Adafactor, get_wsd_schedule
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SchedulerType
 
-from nlptasks import adapters, catalog, models
+from nlptasks import adapters, catalog, heap, models
 from nlptasks.data import load_splits, pad_batch
 from nlptasks.errors import DataError, TrainingDiverged
 from nlptasks.models import generation
@@ -238,7 +237,7 @@ class TrimFreedMemory(TrainerCallback):
     def __init__(self, every: int) -> None:
         self.every = every
         self.calls = 0
-        self.trim = _malloc_trim()
+        self.trim = heap.malloc_trim()
 
     def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         self._tick()
@@ -250,14 +249,6 @@ class TrimFreedMemory(TrainerCallback):
         self.calls += 1
         if self.trim is not None and self.calls % self.every == 0:
             self.trim(0)
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's `malloc_trim`, or None where the C library is another (macOS, musl)."""
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
 
 
 def last_complete_checkpoint(folder: Path) -> Path | None:
