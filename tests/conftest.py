@@ -29,6 +29,12 @@ SENTENCES = [
 ]
 
 
+def same_weights(loaded: torch.nn.Module, original: torch.nn.Module) -> bool:
+    """Every tensor of `original`'s state dict, bitwise, in `loaded`'s: what a save and load must keep."""
+    state = loaded.state_dict()
+    return all(torch.equal(state[name], tensor) for name, tensor in original.state_dict().items())
+
+
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `-n 2` on two cores: one torch thread per worker
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import datasets
 import pytest
 import torch
+from conftest import same_weights
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
 from nlptasks import catalog, models
@@ -190,7 +191,7 @@ def test_token_model_save_and_load_round_trip(tmp_path: Path) -> None:
     loaded = AutoModelForTokenClassification.from_pretrained(tmp_path).eval()
     assert type(loaded) is BiRNNForTokenClassification and loaded.config.cell == "gru"
     assert loaded.state_dict().keys() == model.state_dict().keys()
-    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert same_weights(loaded, model)
     batch = model_inputs(ner_batch(tokenizer))
     with torch.no_grad():
         assert torch.equal(loaded(**batch).logits, model(**batch).logits)
@@ -259,7 +260,7 @@ def test_every_cell_and_a_left_to_right_rnn_build_and_round_trip(alias: str, tmp
     model.eval().save_pretrained(tmp_path)
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     assert loaded.config.cell == cell
-    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert same_weights(loaded, model)
     with torch.no_grad():  # same weights; on an AVX-512 CPU the RNN kernel's sums may round differently
         torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, rtol=1e-5, atol=1e-6)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import same_weights
 from test_generation import DIALOGUES, PAIRS, pair_rows, pairs_to_learn_by_heart, recipe, write_rows
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -107,7 +108,7 @@ def test_save_and_load_round_trip_through_the_auto_classes(tmp_path: Path, tie: 
     loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path).eval()
     assert type(loaded) is RNNSeq2SeqForConditionalGeneration
     assert (loaded.lm_head.weight is loaded.encoder.embeddings.weight) is tie
-    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    assert same_weights(loaded, model)
     batch = dict(source_batch(), labels=LABELS)
     with torch.no_grad():
         assert torch.allclose(loaded(**batch).logits, model(**batch).logits, atol=1e-6)  # RNN weight layout may differ
