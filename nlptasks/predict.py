@@ -39,7 +39,7 @@ class Predictor:
         chunk_size: int = 1024,
         generation: dict[str, Any] | None = None,
     ) -> None:
-        self.run_dir = RunDir(Path(run_dir))
+        self.run_dir = RunDir.read(run_dir)
         if not self.run_dir.recipe.is_file():
             raise UserInputError(f"{run_dir}: not a finished run directory (no recipe.yaml)")
         self.recipe: Recipe = load_recipe(self.run_dir.recipe)
@@ -86,7 +86,7 @@ class Predictor:
 
         Returns its name (the run directory's name unless given); `use_adapter` switches to it.
         """
-        other = RunDir(Path(run_dir))
+        other = RunDir.read(run_dir)
         if not self._adapters:
             raise UserInputError(f"{self.run_dir.root}: a fully fine-tuned run has no adapters to switch between")
         if not (other.recipe.is_file() and is_adapter_folder(other.model)):
@@ -127,10 +127,32 @@ class Predictor:
         return list(self.stream([texts] if isinstance(texts, str | dict) else texts))
 
     def stream(self, texts: Iterable[str | dict[str, str]]) -> Iterator[dict[str, Any]]:
+        """One prediction per input, in input order, a chunk at a time.
+
+        A blank text gets the task's empty answer marked `"empty": true` and never reaches the
+        model, so output N is always input N (a blank line in a file included).
+        """
         iterator = iter(texts)
         while chunk := list(itertools.islice(iterator, self.chunk_size)):
-            examples = self.task.examples_from_texts(chunk)
-            yield from self._predict_examples(examples)
+            filled = [text for text in chunk if not is_blank(text)]
+            predictions = self._predict_examples(self.task.examples_from_texts(filled)) if filled else iter(())
+            for text in chunk:
+                yield {**self.task.empty_prediction(), "empty": True} if is_blank(text) else next(predictions)
+
+    def label_names_for_files(self) -> list[str] | None:
+        """What an integer label means in a data file with no names file beside it, for `load_splits(label_names=)`.
+
+        The names the run's training data read its integers through (`data_label_names` in the model
+        config), where it had them; else the model's classes in id order, unless a class is itself
+        an integer ("0" stays "0" for a model trained on "0" and "1"). None for a task without classes.
+        """
+        if self.untrained is not None or not self.task.integer_labels:
+            return None
+        recorded = getattr(self.model.config, "data_label_names", None)
+        if recorded:
+            return list(recorded)
+        names = [self.id2label[i] for i in sorted(self.id2label)]
+        return None if any(name.strip().isdigit() for name in names) else names
 
     def score(self, examples: datasets.Dataset) -> dict[str, float]:
         """The task's metrics on labelled examples."""
@@ -248,31 +270,41 @@ def _stack_padded(arrays: list[np.ndarray]) -> np.ndarray:
     return stacked
 
 
+def is_blank(text: str | dict[str, str]) -> bool:
+    """An input with nothing to predict from: a text of whitespace only (a blank line)."""
+    return isinstance(text, str) and not text.strip()
+
+
 def read_texts(
     lines: Iterable[str], source: str, fields: tuple[str, ...] = ("text",)
 ) -> Iterator[str | dict[str, str]]:
-    """Inputs from lines: a JSON object with a `text` field, or the line itself.
+    """Inputs from lines, one per line: a JSON object with a `text` field, or the line itself.
 
+    A blank line is an input too (an empty text), so the predictions of a file line up with its lines.
+    A byte-order mark before the first line (an editor's or spreadsheet's UTF-8) is not part of it.
     A task with several input `fields` (QA: question and context) takes one JSON object per line,
     checked here so a bad one is reported by its line before any prediction.
     """
     number = 0
     try:
         for number, line in enumerate(lines, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            if len(fields) > 1:
-                try:
-                    yield json_input(line, fields)
-                except ValueError as err:
-                    raise UserInputError(f"{source}:{number}: {err}") from None
-            elif line.lstrip().startswith("{"):
-                try:
-                    yield json.loads(line)["text"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise UserInputError(f"{source}:{number}: expected a JSON object with a 'text' field") from None
-            else:
-                yield line
+            line = line.rstrip("\n").removeprefix("\ufeff") if number == 1 else line.rstrip("\n")
+            yield _input(line, source, number, fields)
     except UnicodeDecodeError as err:  # decoded a block ahead: the bad byte is at or after the next line
         raise UserInputError(f"{source}: not UTF-8 text after line {number} ({err.reason})") from None
+
+
+def _input(line: str, source: str, number: int, fields: tuple[str, ...]) -> str | dict[str, str]:
+    if is_blank(line):
+        return ""
+    if len(fields) > 1:
+        try:
+            return json_input(line, fields)
+        except ValueError as err:
+            raise UserInputError(f"{source}:{number}: {err}") from None
+    if line.lstrip().startswith("{"):
+        try:
+            return json.loads(line)["text"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserInputError(f"{source}:{number}: expected a JSON object with a 'text' field") from None
+    return line

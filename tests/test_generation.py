@@ -315,7 +315,8 @@ def test_translation_with_tiny_t5_end_to_end_and_predict_streams_json_lines(
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["source"] for line in lines] == ["A man is riding a bike.", "Two dogs play."]
     assert all(isinstance(line["translation"], str) and "gold" not in line for line in lines)
-    assert main(["predict", str(result.run_dir), "--text", " "]) == 2
+    assert main(["predict", str(result.run_dir), "--text", " "]) == 0  # a blank input keeps its place, empty
+    assert json.loads(capsys.readouterr().out) == {"source": "", "translation": "", "empty": True}
 
     longer = nlptasks.load(result.run_dir, generation={"min_new_tokens": 6, "max_new_tokens": 6, "num_beams": 2})
     [shown] = longer.predict("A man is riding a bike.")

@@ -262,8 +262,8 @@ def test_tiny_bert_trains_evaluates_and_predicts(
     lines = tmp_path / "inputs.jsonl"
     lines.write_text(json.dumps({"question": "What does Bob drink?", "context": context}) + "\n\n")
     assert main(["predict", str(result.run_dir), "--file", str(lines)]) == 0
-    [printed] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert printed["answer"] == as_dict["answer"]
+    [printed, blank] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert printed["answer"] == as_dict["answer"] and blank["empty"] is True and blank["answer"] is None
     lines.write_text(json.dumps({"question": "ok?", "context": "fine"}) + "\nWhat does Bob drink?\n")
     assert main(["predict", str(result.run_dir), "--file", str(lines)]) == 2
     assert "inputs.jsonl:2: expected a JSON object with the fields ['question', 'context']" in capsys.readouterr().err

@@ -50,6 +50,8 @@ class Task(ABC):
     """Fields of one raw `predict` input; with several, each input is a JSON object holding them."""
     in_batch_negatives: ClassVar[bool] = False
     """The loss contrasts each example with the rest of its batch: gradient accumulation would not add negatives."""
+    integer_labels: ClassVar[bool] = False
+    """Rows may give class labels as integers, named by a list of names (`check_row`'s `label_names`)."""
     generates: ClassVar[bool] = False
     """Outputs are generated text: evaluation and `predict` call the model's `generate` with the recipe's
     `generation` settings, and `decode` receives one `Generation` per feature instead of logits."""
@@ -152,6 +154,13 @@ class Task(ABC):
     @abstractmethod
     def present(self, example: dict[str, Any], prediction: Any) -> dict[str, Any]:
         """A JSON-ready prediction for one example, as `predict` prints it."""
+
+    def empty_prediction(self) -> dict[str, Any]:
+        """What `predict` answers for a blank input, which no model reads: the answer's shape with no content.
+
+        Answering (rather than skipping) keeps output N aligned with input N; `predict` marks it `empty`.
+        """
+        return {field: "" for field in self.input_fields}
 
     def untrained_method(self, name: str) -> Callable[[datasets.Dataset], list[Any]] | None:
         """For a model name that needs no model or training (Lead-k, TextRank, BM25): examples -> predictions.

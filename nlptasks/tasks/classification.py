@@ -50,6 +50,7 @@ class Classification(Task):
     auto_model = "AutoModelForSequenceClassification"
     Options = ClassificationOptions
     options: ClassificationOptions
+    integer_labels = True
 
     def __init__(self, options: ClassificationOptions, max_length: int, stride: int) -> None:
         super().__init__(options, max_length, stride)
@@ -196,6 +197,12 @@ class Classification(Task):
             {"text": [r["text"] for r in rows], "text_pair": [r.get("text_pair") for r in rows]},
             features=datasets.Features({"text": datasets.Value("string"), "text_pair": datasets.Value("string")}),
         )
+
+    def empty_prediction(self) -> dict[str, Any]:
+        """No class and no score: a blank text is not evidence for any class."""
+        if self.options.multi_label:
+            return {"text": "", "labels": None, "scores": None}
+        return {"text": "", "label": None, "score": None}
 
     def present(self, example: dict[str, Any], prediction: dict[str, Any]) -> dict[str, Any]:
         shown = {"text": example["text"]}

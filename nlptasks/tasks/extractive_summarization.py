@@ -181,6 +181,10 @@ class ExtractiveSummarization(Task):
                 raise UserInputError(f"predict: text {number} is empty; there is nothing to summarize")
         return datasets.Dataset.from_dict({"document": documents})
 
+    def empty_prediction(self) -> dict[str, Any]:
+        """An empty document has no sentences to choose: an empty summary."""
+        return {"document": "", "summary": "", "sentences": [], "num_sentences": 0}
+
     def present(self, example: dict[str, Any], prediction: dict[str, Any]) -> dict[str, Any]:
         """The chosen sentences with their index, character span in the document, and score."""
         document, spans, scores = example["document"], self.spans(example["document"]), prediction["scores"]

@@ -35,6 +35,7 @@ class NER(Task):
     main_metric = "f1"
     auto_model = "AutoModelForTokenClassification"
     Options = NEROptions
+    integer_labels = True
 
     @classmethod
     def features(cls) -> datasets.Features:
@@ -134,6 +135,10 @@ class NER(Task):
         words = [[m.group() for m in WORD.finditer(text)] or [text] for text in texts]
         spans = [[[m.start(), m.end()] for m in WORD.finditer(text)] or [[0, len(text)]] for text in texts]
         return datasets.Dataset.from_dict({"text": texts, "tokens": words, "spans": spans})
+
+    def empty_prediction(self) -> dict[str, Any]:
+        """No words, so no tags and no entities."""
+        return {"text": "", "entities": [], "tags": []}
 
     def present(self, example: dict[str, Any], prediction: list[str]) -> dict[str, Any]:
         entities = []

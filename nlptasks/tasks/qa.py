@@ -241,6 +241,10 @@ class QuestionAnswering(Task):
                 raise UserInputError(f"input {number}: {err}") from None
         return datasets.Dataset.from_dict({field: [row[field] for row in rows] for field in self.input_fields})
 
+    def empty_prediction(self) -> dict[str, Any]:
+        """No question and no context: no answer, not even the empty no-answer one."""
+        return {"question": "", "answer": None, "score": None, "start": None, "end": None}
+
     def present(self, example: dict[str, Any], prediction: dict[str, Any]) -> dict[str, Any]:
         shown = {"id": example["id"]} if example.get("id") else {}
         shown.update(question=example["question"], **prediction)

@@ -63,6 +63,8 @@ class SentenceEmbedding(Task):
     def __init__(self, options: SentenceEmbeddingOptions, max_length: int, stride: int) -> None:
         super().__init__(options, max_length, stride)
         self.family = "encoder"
+        self.dimension = 0
+        """The embedding size, known once the model is wrapped."""
 
     @classmethod
     def features(cls) -> datasets.Features:
@@ -146,6 +148,7 @@ class SentenceEmbedding(Task):
         return {f"{prefix}input_ids": tokenizer.pad_token_id or 0 for prefix in SIDES}
 
     def wrap_model(self, model: Any) -> ContrastiveEncoder:
+        self.dimension = model.config.hidden_size
         return ContrastiveEncoder(model, self.options)
 
     def decode(
@@ -176,6 +179,14 @@ class SentenceEmbedding(Task):
             {"text": [r["text"] for r in rows], "text_pair": [r.get("text_pair") for r in rows]},
             features=datasets.Features({"text": datasets.Value("string"), "text_pair": datasets.Value("string")}),
         )
+
+    def empty_prediction(self) -> dict[str, Any]:
+        """The zero vector: a blank text means nothing, and its dot product with every embedding is 0.
+
+        A row of zeros keeps `embed`'s matrix one row per input line; every real embedding has unit
+        length, so a blank line's row is easy to find (`norm == 0`).
+        """
+        return {"text": "", "embedding": [0.0] * self.dimension}
 
     def present(self, example: dict[str, Any], prediction: dict[str, Any]) -> dict[str, Any]:
         if "similarity" in prediction:

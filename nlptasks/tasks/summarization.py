@@ -59,6 +59,10 @@ class Summarization(Seq2SeqTask):
         summaries = [sentence_texts(prediction.text) for prediction in predictions]
         return rouge(gold_summaries(examples), summaries) | {"gen_len": gen_len(predictions)}
 
+    def empty_prediction(self) -> dict[str, Any]:
+        """Nothing to summarize: no summary is generated."""
+        return {"document": "", "summary": ""}
+
     def present(self, example: dict[str, Any], prediction: Generation) -> dict[str, Any]:
         shown = {"document": example["document"], "summary": prediction.text}
         if example.get("summary") is not None:

@@ -118,6 +118,10 @@ class Translation(Seq2SeqTask):
             results.append({"score": score.score, "signature": str(metric.get_signature()), "line": str(score)})
         return results[0], results[1]
 
+    def empty_prediction(self) -> dict[str, Any]:
+        """Nothing to translate: no translation is generated."""
+        return {"source": "", "translation": ""}
+
     def present(self, example: dict[str, Any], prediction: Generation) -> dict[str, Any]:
         texts = {pair["language"]: pair["text"] for pair in example["translation"]}
         shown = {"source": texts[self.options.source_lang], "translation": prediction.text}
