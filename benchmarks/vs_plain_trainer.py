@@ -153,6 +153,7 @@ def toolkit(args: argparse.Namespace) -> dict[str, float]:
             "train.group_by_length": args.group_by_length,
             "train.weight_decay": 0.0,
         },
+        overwrite=True,
     )
     train = result.metrics["train"]
     return {

@@ -18,23 +18,35 @@ from nlptasks import adapters, training
 from nlptasks.data import load_splits
 from nlptasks.errors import DataError, UserInputError
 from nlptasks.predict import Predictor, read_texts
-from nlptasks.recipe import DataConfig, Recipe, dump_recipe, load_recipe
+from nlptasks.recipe import (
+    DataConfig,
+    Recipe,
+    dump_recipe,
+    load_recipe,
+    parse_overrides,
+    set_dotted,
+    validate_section,
+)
 from nlptasks.rundir import RunDir, folder_megabytes, publish_folder, write_atomic, write_embeddings
 from nlptasks.training import RunResult
 
 
 def run(
-    recipe: str | Path | dict[str, Any] | Recipe, overrides: dict[str, Any] | None = None, **settings: Any
+    recipe: str | Path | dict[str, Any] | Recipe,
+    overrides: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    **settings: Any,
 ) -> RunResult:
     """Train and evaluate a recipe (a shipped name, a path, a dict or a Recipe).
 
     `overrides` uses dotted keys (`{"train.epochs": 1}`); keyword settings use `__` for the dot
-    (`train__epochs=1`), so both spellings of the CLI's `--set` are available.
+    (`train__epochs=1`), so both spellings of the CLI's `--set` are available. A run directory
+    holding another recipe's run is refused, naming what differs, unless `overwrite`.
     """
     merged = {**(overrides or {}), **{key.replace("__", "."): value for key, value in settings.items()}}
     if isinstance(recipe, Recipe):
         recipe = recipe.model_dump(mode="json")
-    return training.run(load_recipe(recipe, merged))
+    return training.run(load_recipe(recipe, merged), overwrite=overwrite)
 
 
 def load(run_dir: str | Path, **options: Any) -> Predictor:
@@ -43,26 +55,25 @@ def load(run_dir: str | Path, **options: Any) -> Predictor:
 
 
 def evaluate(
-    run_dir: str | Path, split: str = "test", file: str | Path | None = None, generation: dict[str, Any] | None = None
+    run_dir: str | Path,
+    split: str = "test",
+    file: str | Path | None = None,
+    generation: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | list[str] | None = None,
 ) -> dict[str, float]:
     """Metrics of a finished run on one of its recipe's splits, or on a labelled file (as `test`).
 
-    `generation` decodes with other settings than the recipe's (`{"length_penalty": 2.0}`): tune
-    them on validation without retraining.
+    A file is read with the run's own data settings (columns, `.txt` format, bad rows, windows), all
+    its rows. `overrides` change `data.*` settings (`{"data.columns": {"review": "text"}}` for a file
+    with other column names) or `generation.*` ones; `generation` decodes with other settings than the
+    recipe's (`{"length_penalty": 2.0}`): tune them on validation without retraining.
     """
-    predictor = Predictor(run_dir, generation=generation)
-    data = predictor.recipe.data
+    data_settings, decoding = inference_overrides(overrides)
+    predictor = Predictor(run_dir, generation={**decoding, **(generation or {})} or None)
+    data = _evaluation_data(predictor.recipe.data, file, data_settings)
     if file is not None:
-        data = DataConfig(
-            test_file=Path(file),
-            max_length=data.max_length,
-            stride=data.stride,
-            text_column=data.text_column,
-            label_column=data.label_column,
-            columns=data.columns,
-        )
         split = "test"
-    splits = load_splits(data, predictor.task)
+    splits = load_splits(data, predictor.task, label_names=predictor.label_names_for_files())
     if split not in splits:
         raise UserInputError(f"split '{split}' is not in the run's data; it has {sorted(splits)}")
     if predictor.untrained is None and (
@@ -72,6 +83,31 @@ def evaluate(
     return predictor.score(splits[split])
 
 
+def inference_overrides(overrides: dict[str, Any] | list[str] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`--set` for `eval` and `predict`, split into data and generation settings: the rest is fixed by training."""
+    data: dict[str, Any] = {}
+    decoding: dict[str, Any] = {}
+    for key, value in parse_overrides(overrides).items():
+        section, _, rest = key.partition(".")
+        if section not in ("data", "generation") or not rest:
+            raise UserInputError(
+                f"--set {key}: eval and predict take data.* and generation.* settings; the others are the trained run's"
+            )
+        set_dotted(data if section == "data" else decoding, rest, value)
+    return data, decoding
+
+
+def _evaluation_data(data: DataConfig, file: str | Path | None, overrides: dict[str, Any]) -> DataConfig:
+    """The run's data settings, pointed at a labelled `file` (every row of it) and changed by `overrides`."""
+    settings = data.model_dump()
+    if file is not None:
+        sources = ("name", "train_name", "train_file", "validation_file", "max_eval_samples")
+        settings.update({**dict.fromkeys(sources), "test_file": Path(file)})
+    for key, value in overrides.items():
+        set_dotted(settings, key, value)
+    return validate_section(DataConfig, settings, "data")
+
+
 def export(run_dir: str | Path, output: str | Path, merge: bool = False) -> Path:
     """A run's model as one standalone folder that `load`, `predict` and bare `transformers` read.
 
@@ -79,7 +115,7 @@ def export(run_dir: str | Path, output: str | Path, merge: bool = False) -> Path
     weights (a QLoRA base dequantized first) and the folder holds a plain model, with the
     run's recipe marked `method: full`. A fully fine-tuned run exports as it is.
     """
-    source = RunDir(Path(run_dir))
+    source = RunDir.read(run_dir)
     if not source.model.is_dir():
         raise UserInputError(f"{run_dir}: no model to export (not a finished run, or an untrained method)")
     merging = merge and adapters.is_adapter_folder(source.model)
@@ -129,8 +165,9 @@ def list_adapters(root: str | Path = "runs") -> list[dict[str, Any]]:
 def embed(run_dir: str | Path, file: str | Path, output: str | Path, batch_size: int = 64) -> int:
     """Embeddings of a file's texts (one a line, or JSON lines with `text`) from a sentence-embedding run.
 
-    `.npy` holds a float32 matrix, a row per text in file order; `.parquet` holds `text` and
-    `embedding` columns, written a chunk at a time. Returns the number of texts.
+    `.npy` holds a float32 matrix, a row per line in file order; `.parquet` holds `text` and
+    `embedding` columns, written a chunk at a time. A blank line's row is the zero vector (every
+    other row has unit length), so row N is always line N. Returns the number of rows.
     """
     predictor = Predictor(run_dir, batch_size=batch_size)
     if predictor.recipe.task != "sentence-embedding":

@@ -62,12 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="train and evaluate a recipe")
     run.add_argument("recipe", help="a recipe file or a shipped name such as ner/minilm")
     _add_set(run)
+    _add_overwrite(run)
 
     evaluate = commands.add_parser("eval", help="score a finished run on a split or a labelled file")
     evaluate.add_argument("run_dir")
     where = evaluate.add_mutually_exclusive_group()
     where.add_argument("--split", default="test")
     where.add_argument("--file", help="labelled data in the task's format (JSONL, CSV, CoNLL)")
+    _add_set(evaluate, "a data.* or generation.* setting, e.g. --set data.columns={review: text} (repeatable)")
 
     predict = commands.add_parser("predict", help="predict for texts (--text, --file, or stdin) as JSON lines")
     predict.add_argument("run_dir")
@@ -78,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
         "--file", help="one text per line, or JSON lines with a 'text' field (QA: 'question' and 'context')"
     )
     predict.add_argument("--batch-size", type=int, default=64)
+    _add_set(predict, "a generation.* setting, e.g. --set generation.num_beams=1 (repeatable)")
 
     embed = commands.add_parser("embed", help="sentence embeddings of a text file as .npy or .parquet")
     embed.add_argument("run_dir")
@@ -100,12 +103,14 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("sources", nargs="+", metavar="RUN_DIR_OR_RECIPE")
     compare.add_argument("--output", required=True, help="the report folder: report.md, report.html, PNG plots")
     _add_set(compare)
+    _add_overwrite(compare)
     _add_rag(commands.add_parser("rag", help="retrieval-augmented generation: index, search, ask, eval, serve"))
 
     quickstart = commands.add_parser(
         "quickstart", help="sentiment on Rotten Tomatoes: MiniLM full and LoRA beside a BiLSTM, offline, with a report"
     )
     _add_set(quickstart)
+    _add_overwrite(quickstart)
     return parser
 
 
@@ -132,31 +137,38 @@ def _add_rag(parser: argparse.ArgumentParser) -> None:
         _add_set(command)
 
 
-def _add_set(parser: argparse.ArgumentParser) -> None:
+def _add_set(
+    parser: argparse.ArgumentParser, text: str = "override a recipe field, e.g. --set train.epochs=1 (repeatable)"
+) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=text)
+
+
+def _add_overwrite(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe field, e.g. --set train.epochs=1 (repeatable)",
+        "--overwrite",
+        action="store_true",
+        help="start a run directory holding another recipe's run afresh (the old one kept until the first checkpoint)",
     )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    result = api.run(args.recipe, parse_overrides(args.set))
+    result = api.run(args.recipe, parse_overrides(args.set), overwrite=args.overwrite)
     print(format_metrics({args.recipe: result.metrics}))
     print(f"run directory: {result.run_dir}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    metrics = api.evaluate(args.run_dir, split=args.split, file=args.file)
+    metrics = api.evaluate(args.run_dir, split=args.split, file=args.file, overrides=args.set)
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    predictor = api.load(args.run_dir, batch_size=args.batch_size)
+    data, decoding = api.inference_overrides(args.set)
+    if data:
+        raise UserInputError(f"--set data.{next(iter(data))}: predict reads texts, not a data file; eval takes data.*")
+    predictor = api.load(args.run_dir, batch_size=args.batch_size, generation=decoding or None)
     if args.text:
         texts = iter(args.text)
     elif args.file:
@@ -199,7 +211,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from nlptasks.compare import compare
 
-    print(f"report: {compare(args.sources, args.output, args.set) / 'report.md'}")
+    print(f"report: {compare(args.sources, args.output, args.set, overwrite=args.overwrite) / 'report.md'}")
     return 0
 
 
@@ -232,7 +244,8 @@ def cmd_rag(args: argparse.Namespace) -> int:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from nlptasks.compare import compare
 
-    results = {label: api.run(recipe, parse_overrides(args.set)) for label, recipe in QUICKSTART_RECIPES.items()}
+    overrides = parse_overrides(args.set)
+    results = {label: api.run(recipe, overrides, args.overwrite) for label, recipe in QUICKSTART_RECIPES.items()}
     report = compare([result.run_dir for result in results.values()], QUICKSTART_REPORT)
     print()
     print(format_metrics({label: result.metrics for label, result in results.items()}))

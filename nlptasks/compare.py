@@ -47,11 +47,14 @@ class FinishedRun:
         return self.metrics.get(self.split, {}) if self.split else {}
 
 
-def compare(sources: Sequence[str | Path], output: str | Path, overrides: list[str] | None = None) -> Path:
-    """Run the recipes among `sources`, read the run directories, and write the report into `output`."""
+def compare(
+    sources: Sequence[str | Path], output: str | Path, overrides: list[str] | None = None, overwrite: bool = False
+) -> Path:
+    """Run the recipes among `sources` (`overwrite`: their run directories afresh), read the run directories,
+    and write the report into `output`."""
     if not sources:
         raise UserInputError("compare: give at least one run directory or recipe")
-    runs = [_finished_run(source, overrides) for source in sources]
+    runs = [_finished_run(source, overrides, overwrite) for source in sources]
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     curves = {run.folder: _curves(run) for run in runs}
@@ -62,16 +65,16 @@ def compare(sources: Sequence[str | Path], output: str | Path, overrides: list[s
     return folder
 
 
-def _finished_run(source: str | Path, overrides: list[str] | None) -> FinishedRun:
+def _finished_run(source: str | Path, overrides: list[str] | None, overwrite: bool) -> FinishedRun:
     path = Path(source)
     if not (path / "recipe.yaml").is_file():
         from nlptasks import api
 
-        path = api.run(str(source), parse_overrides(overrides)).run_dir
-    run = RunDir(path)
+        path = api.run(str(source), parse_overrides(overrides), overwrite=overwrite).run_dir
+    run = RunDir.read(path)
     if not run.metrics.is_file():
         raise UserInputError(f"compare: {path} has no metrics.json (an unfinished run?)")
-    return FinishedRun(path.name, path, load_recipe(run.recipe), run.read_metrics())
+    return FinishedRun(path.name, run.root, load_recipe(run.recipe), run.read_metrics())
 
 
 def _report(runs: list[FinishedRun], plots: list[Path]) -> str:

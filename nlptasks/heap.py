@@ -1,4 +1,5 @@
-"""glibc's heap on long CPU runs: the two ways this package makes it hand freed memory back.
+"""glibc's heap on long CPU runs: the two ways this package makes it hand freed memory back, and the
+process's peak resident memory measured per run.
 
 Tensors of every size (length-grouped batches; QLoRA's weights dequantized at every use) fragment
 glibc's heap, and freed blocks stay resident because new ones do not fit them. Both remedies are
@@ -8,8 +9,11 @@ allocator (jemalloc, tcmalloc through `LD_PRELOAD`) is the cure a pip package ca
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import resource
 from collections.abc import Callable
+from pathlib import Path
 
 M_MMAP_THRESHOLD = -3  # <malloc.h>
 
@@ -36,3 +40,15 @@ def serve_large_blocks_by_mmap(threshold: int = 64 * 1024) -> None:
     libc = _glibc()
     if libc is not None:
         libc.mallopt(M_MMAP_THRESHOLD, threshold)
+
+
+def reset_peak_rss() -> None:
+    """Start the process's resident-memory high-water mark afresh (Linux), so a run in a process that ran
+    others before it (`quickstart`, `compare`, a notebook) reports its own peak, not the process's."""
+    with contextlib.suppress(OSError):  # not Linux, or /proc read-only: the peak stays the process's lifetime peak
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_megabytes() -> float:
+    """The high-water mark of resident memory since the last `reset_peak_rss` (else since the process began)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10

@@ -194,6 +194,9 @@ class AdapterOptions(Section):
 
 class Recipe(Section):
     description: str = ""
+    name: str | None = None
+    """The run's name: its directory is `runs/<name>` unless `output_dir` says otherwise. Unset, it is the
+    recipe's own name (`ner/minilm-lora` -> `ner-minilm-lora`, a recipe file -> its stem)."""
     task: str
     model: str
     model_args: dict[str, Any] = {}
@@ -205,6 +208,7 @@ class Recipe(Section):
     task_args: dict[str, Any] = {}
     """Settings only one task understands (validated by that task)."""
     output_dir: Path | None = None
+    """The run directory; unset: `runs/<name>`."""
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
@@ -230,6 +234,63 @@ class Recipe(Section):
             )
         return self
 
+    @property
+    def run_dir(self) -> Path:
+        """Where this recipe's run lives: `output_dir`, else `runs/<name>`, else task, model and method (a dict)."""
+        if self.output_dir is not None:
+            return self.output_dir
+        if self.name:
+            return Path("runs") / self.name
+        method = [self.method] if self.method != "full" else []
+        return Path("runs") / "-".join([self.task, self.model.replace("/", "_"), *method])
+
+
+RESUMABLE_SETTINGS = (
+    "description",
+    "name",
+    "output_dir",
+    "train.epochs",
+    "train.max_steps",
+    "train.eval_strategy",
+    "train.eval_steps",
+    "train.eval_batch_size",
+    "train.metric_for_best_model",
+    "train.early_stopping_patience",
+    "train.logging_steps",
+    "train.save_total_limit",
+    "train.resume",
+    "train.num_workers",
+    "train.trim_memory_every",
+    "train.gradient_checkpointing",
+    "data.max_eval_samples",
+    "eval",
+    "generation",
+)
+"""Settings a run may continue under when they change: how long it trains, how it is evaluated, logged and
+decoded, and how its memory is managed. Any other change (model, method, adapter, data, labels, optimizer,
+precision, seed) would resume one run's checkpoint into another."""
+
+
+def changed_settings(stored: dict[str, Any], recipe: Recipe) -> list[tuple[str, Any, Any]]:
+    """(dotted key, stored value, new value) for each setting outside `RESUMABLE_SETTINGS` that differs.
+
+    `stored` is a run's `recipe.yaml` as read, so a run written by an older schema compares too.
+    """
+    before, after = _flatten(stored), _flatten(recipe.model_dump(mode="json"))
+    resumable = lambda key: any(key == s or key.startswith(f"{s}.") for s in RESUMABLE_SETTINGS)  # noqa: E731
+    keys = sorted(set(before) | set(after))
+    return [(k, before.get(k), after.get(k)) for k in keys if not resumable(k) and before.get(k) != after.get(k)]
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and key not in ("model_args", "task_args", "columns"):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
 
 def find_recipe(name_or_path: str | Path) -> Path:
     """A recipe file from a path, or a shipped recipe name like `ner/minilm`."""
@@ -241,6 +302,14 @@ def find_recipe(name_or_path: str | Path) -> Path:
         return shipped
     names = [str(p.relative_to(RECIPES_DIR).with_suffix("")) for p in RECIPES_DIR.rglob("*.yaml")]
     raise RecipeError(f"recipe not found: {name_or_path}{did_you_mean(str(name_or_path), names)}")
+
+
+def recipe_name(path: Path) -> str:
+    """A shipped recipe's path under `recipes/` with dashes (`ner/minilm-lora` -> `ner-minilm-lora`); else the stem."""
+    resolved = path.resolve()
+    if resolved.is_relative_to(RECIPES_DIR):
+        return "-".join(resolved.relative_to(RECIPES_DIR).with_suffix("").parts)
+    return path.stem
 
 
 def shipped_recipes() -> list[tuple[str, str]]:
@@ -267,8 +336,10 @@ def load_recipe(
     else:
         path = find_recipe(source)
         raw, origin = _resolve_extends(path, seen=()), str(path)
+        if schema is Recipe:
+            raw.setdefault("name", recipe_name(path))
     for key, value in parse_overrides(overrides).items():
-        _set_dotted(raw, key, value)
+        set_dotted(raw, key, value)
     try:
         return schema.model_validate(raw)
     except ValidationError as err:
@@ -308,7 +379,9 @@ def _resolve_extends(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     base_path = (path.parent / base_name) if not Path(base_name).is_absolute() else Path(base_name)
     if not base_path.is_file():
         raise RecipeError(f"{path}: extends: file not found: {base_path}")
-    return _deep_merge(_resolve_extends(base_path, seen + (path,)), raw)
+    base = _resolve_extends(base_path, seen + (path,))
+    base.pop("name", None)  # a run is named after the recipe that was asked for, not the one it extends
+    return _deep_merge(base, raw)
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -335,7 +408,8 @@ def parse_overrides(overrides: dict[str, Any] | list[str] | None) -> dict[str, A
     return parsed
 
 
-def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in a nested mapping, making sections on the way."""
     node = raw
     *parents, leaf = dotted.split(".")
     for part in parents:

@@ -11,20 +11,38 @@
 An exported model (`nlptasks export`) is a model folder with the run's `recipe.yaml` inside: it
 reads as a run directory whose model is the folder itself.
 
+A folder holds one run. A training process `claim`s it first: one writer at a time (a lock that
+the kernel releases when its holder dies, so a killed run never leaves it stuck), resumed only
+by the same recipe (settings that only extend training may change), and started afresh only on
+request, with the old run moved aside until the new one has a checkpoint to show for itself.
+
 Every file is written to a temporary name, flushed to disk and renamed, so a crash at any
 moment leaves either the old file or the new one, never a torn one that reads as valid.
 """
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
+
+import yaml
+
+from nlptasks.errors import UserInputError
+
+if TYPE_CHECKING:
+    from nlptasks.recipe import Recipe
+
+log = logging.getLogger("nlptasks")
+CHECKPOINT_PREFIX = "checkpoint"
 
 
 class RunDir:
@@ -41,10 +59,23 @@ class RunDir:
         self.logs = self.root / "logs"
         self.summary = self.root / "summary.md"
 
+    @classmethod
+    def read(cls, root: str | Path) -> RunDir:
+        """A run directory for reading: while an `--overwrite` run has not yet committed, the run it replaces."""
+        previous = _moved_aside(Path(root))
+        return cls(previous if previous.is_dir() and not _committed(Path(root)) else Path(root))
+
     def create(self) -> RunDir:
         for folder in (self.root, self.predictions, self.checkpoints, self.logs):
             folder.mkdir(parents=True, exist_ok=True)
         return self
+
+    def complete_checkpoints(self) -> list[Path]:
+        """Checkpoints whose save finished, newest first (the Trainer writes `trainer_state.json` last)."""
+        numbered = [c for c in self.checkpoints.glob(f"{CHECKPOINT_PREFIX}-*") if c.name.rsplit("-", 1)[1].isdigit()]
+        return [
+            c for c in sorted(numbered, key=lambda c: int(c.name.rsplit("-", 1)[1]), reverse=True) if _finished_save(c)
+        ]
 
     def read_metrics(self) -> dict[str, dict[str, float]]:
         return json.loads(self.metrics.read_text()) if self.metrics.is_file() else {}
@@ -59,6 +90,139 @@ class RunDir:
 
     def publish_model(self, save: Any) -> None:
         publish_folder(self.model, save)
+
+
+class Claim:
+    """A training process's hold on its run directory, from `claim` until `release`."""
+
+    def __init__(self, run_dir: RunDir, lock: IO[str] | None, previous: Path | None) -> None:
+        self.run_dir = run_dir
+        self._lock = lock
+        self._previous = previous
+
+    def commit(self) -> None:
+        """The new run has a checkpoint (or its results): the run an `--overwrite` moved aside can go."""
+        if self._previous is not None:
+            shutil.rmtree(self._previous, ignore_errors=True)
+            log.info("removed the previous run kept at %s", self._previous)
+            self._previous = None
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def claim(recipe: Recipe, overwrite: bool = False, main: bool = True) -> Claim:
+    """Take the recipe's run directory for training, or stop before changing anything in it.
+
+    Stops (exit 2) when a live process holds the folder, or when the folder holds a run of another
+    recipe with a checkpoint or results (each differing setting named) and `overwrite` is off. With `overwrite` the old contents
+    move aside to `.<name>-previous` and are removed by `Claim.commit`; a run killed before that is
+    undone by the next claim, and readers (`RunDir.read`) see the old run meanwhile.
+    Only the main process of a distributed job (`main`) checks, moves and locks; the others follow it.
+    """
+    root = Path(recipe.run_dir)
+    if not main:
+        return Claim(RunDir(root).create(), None, None)
+    _lock(root / LOCK_FILE, create=False)
+    _finish_interrupted_overwrite(root)
+    if not overwrite:
+        _refuse_another_recipe(root, recipe)
+    previous = None
+    if overwrite and root.is_dir() and any(root.iterdir()):
+        previous = _moved_aside(root)
+        root.rename(previous)
+        log.warning(
+            "%s: starting afresh (--overwrite); the previous run is kept at %s until the first checkpoint",
+            root,
+            previous,
+        )
+    run_dir = RunDir(root).create()
+    return Claim(run_dir, _lock(root / LOCK_FILE, create=True), previous)
+
+
+LOCK_FILE = ".lock"
+
+
+def _lock(path: Path, create: bool) -> IO[str] | None:
+    """Hold `path`'s lock (recording this process in it), or stop naming the process that holds it.
+
+    Without `create` only checks: an existing lock file is tested and let go, a missing one is not made.
+    """
+    try:
+        handle = open(path, "a+" if create else "r", encoding="utf-8")  # noqa: SIM115 - held until release
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise UserInputError(
+            f"{path.parent}: in use by a run still going (process {holder}); wait for it to end, "
+            "or give this run another output_dir"
+        ) from None
+    if not create:
+        handle.close()
+        return None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle
+
+
+def _refuse_another_recipe(root: Path, recipe: Recipe) -> None:
+    from nlptasks.recipe import changed_settings
+
+    stored_file = root / "recipe.yaml"
+    if not stored_file.is_file() or not _committed(root):
+        return  # a run that stopped before its first checkpoint has nothing another recipe could mix with
+    try:
+        stored = yaml.safe_load(stored_file.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise UserInputError(f"{stored_file}: unreadable ({err}); --overwrite starts this folder afresh") from None
+    differences = changed_settings(stored, recipe)
+    if differences:
+        lines = "\n".join(f"  {key}: {old!r} there, {new!r} now" for key, old, new in differences)
+        raise UserInputError(
+            f"{root} holds a run of another recipe; resuming it would mix two runs. Settings that differ:\n{lines}\n"
+            "Start that folder afresh with --overwrite (Python: overwrite=True), "
+            "or keep it and run into another folder (--set output_dir=...)."
+        )
+
+
+def _finish_interrupted_overwrite(root: Path) -> None:
+    """An `--overwrite` run ended before its first checkpoint: put the run it replaced back."""
+    previous = _moved_aside(root)
+    if not previous.is_dir():
+        return
+    if _committed(root):
+        shutil.rmtree(previous, ignore_errors=True)
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    previous.rename(root)
+    log.warning("%s: restored the run that an interrupted --overwrite had moved aside", root)
+
+
+def _moved_aside(root: Path) -> Path:
+    return root.with_name(f".{root.name}-previous")
+
+
+def _committed(root: Path) -> bool:
+    """Whether a run has anything to show: results, or a finished checkpoint to resume from."""
+    run = RunDir(root)
+    return run.metrics.is_file() or bool(run.complete_checkpoints())
+
+
+def _finished_save(checkpoint: Path) -> bool:
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def publish_folder(target: Path, save: Any) -> None:

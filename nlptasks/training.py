@@ -8,15 +8,15 @@ dynamic padding, evaluation through the task's own decoding, resume, and the run
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import logging
 import math
-import resource
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -37,7 +37,7 @@ from nlptasks.data import load_splits, pad_batch
 from nlptasks.errors import DataError, TrainingDiverged
 from nlptasks.models import generation
 from nlptasks.recipe import Recipe, dump_recipe
-from nlptasks.rundir import RunDir, folder_megabytes, write_atomic
+from nlptasks.rundir import Claim, RunDir, claim, folder_megabytes, write_atomic
 from nlptasks.tasks import task_for
 from nlptasks.tasks.base import Task, lengths_of, sorted_by_length
 
@@ -251,39 +251,59 @@ class TrimFreedMemory(TrainerCallback):
             self.trim(0)
 
 
-def last_complete_checkpoint(folder: Path) -> Path | None:
+def last_complete_checkpoint(run_dir: RunDir) -> Path | None:
     """The newest checkpoint whose save finished; newer, half-written ones are removed.
 
-    The Trainer writes `trainer_state.json` last, so a save cut short (killed, disk full) lacks it
-    or holds torn JSON. `get_last_checkpoint` takes the highest number regardless, and resume fails.
+    A save cut short (killed, disk full) lacks `trainer_state.json` or holds it torn.
+    `get_last_checkpoint` takes the highest number regardless, and resume fails.
     """
-    numbered = sorted(
-        (c for c in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if c.name.rsplit("-", 1)[1].isdigit()),
-        key=lambda c: int(c.name.rsplit("-", 1)[1]),
-        reverse=True,
-    )
-    for checkpoint in numbered:
-        try:
-            json.loads((checkpoint / "trainer_state.json").read_text())
-        except (OSError, ValueError):
+    complete = run_dir.complete_checkpoints()
+    newest = int(complete[0].name.rsplit("-", 1)[1]) if complete else -1
+    for checkpoint in run_dir.checkpoints.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        number = checkpoint.name.rsplit("-", 1)[1]
+        if number.isdigit() and int(number) > newest:
             log.warning("removing %s: its save never finished", checkpoint)
             shutil.rmtree(checkpoint, ignore_errors=True)
-            continue
-        return checkpoint
-    return None
+    return complete[0] if complete else None
 
 
-def run(recipe: Recipe) -> RunResult:
-    """Train and evaluate a recipe; resumes from the run directory's last checkpoint if any."""
+class CommitOnSave(TrainerCallback):
+    """The first checkpoint commits an `--overwrite`: the run it replaces is no longer needed."""
+
+    def __init__(self, claim: Claim) -> None:
+        self.claim = claim
+
+    def on_save(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            self.claim.commit()
+
+
+def run(recipe: Recipe, overwrite: bool = False) -> RunResult:
+    """Train and evaluate a recipe in its run directory, resuming the same recipe's last checkpoint if any.
+
+    A folder holding another recipe's run is refused unless `overwrite` (see `rundir.claim`).
+    """
     task = task_for(recipe)
     catalog.check_model(recipe.model)
     if recipe.data.name and not recipe.data.train_file:
         catalog.check_dataset(recipe.data.name)
     if recipe.data.train_name:
         catalog.check_dataset(recipe.data.train_name)
-    run_dir = RunDir(recipe.output_dir or Path("runs") / f"{recipe.task}-{recipe.model.replace('/', '_')}").create()
-    _log_to_file(run_dir.logs / "train.log")
-    args = training_arguments(recipe, run_dir, task)
+    args = training_arguments(recipe, RunDir(recipe.run_dir), task)
+    with args.main_process_first(local=False, desc="run directory"):
+        held = claim(recipe, overwrite, main=args.process_index == 0)
+    try:
+        with _logging_to(held.run_dir.logs / "train.log"):
+            return _train_and_evaluate(recipe, task, args, held)
+    finally:
+        held.release()
+
+
+def _train_and_evaluate(recipe: Recipe, task: Task, args: TrainingArguments, held: Claim) -> RunResult:
+    run_dir = held.run_dir
+    heap.reset_peak_rss()
+    if args.process_index == 0:
+        write_atomic(run_dir.recipe, dump_recipe(recipe))
     log.info(
         "process %d of %d, precision %s", args.process_index, args.world_size, resolve_precision(recipe.train.precision)
     )
@@ -294,13 +314,17 @@ def run(recipe: Recipe) -> RunResult:
         splits["train"] = task.training_examples(splits["train"])
     untrained = task.untrained_method(recipe.model)
     if untrained is not None:
-        return _run_untrained(recipe, task, untrained, splits, run_dir, main=args.process_index == 0)
+        result = _run_untrained(recipe, task, untrained, splits, run_dir, main=args.process_index == 0)
+        held.commit()
+        return result
     labels = _labels(task, splits)
     adaptation = _adaptation(recipe)
     with args.main_process_first(desc="model"):  # a tokenizer learnt from the data is learnt once, by the main process
         model, tokenizer = models.build(recipe.model, recipe.model_args, task, labels, splits["train"], adaptation)
     model = task.wrap_model(model)
-    checkpoint = last_complete_checkpoint(run_dir.checkpoints) if recipe.train.resume else None
+    if names := getattr(splits, "label_names", None):  # saved in config.json: what a file's integer label means
+        model.config.data_label_names = names
+    checkpoint = last_complete_checkpoint(run_dir) if recipe.train.resume else None
     resume_from = str(checkpoint) if checkpoint else None
     if resume_from and adaptation is None:  # the ids its weights learnt, should the data's tokenizer differ now
         tokenizer = models.load_tokenizer(resume_from, catalog.family_of(resume_from))
@@ -321,7 +345,7 @@ def run(recipe: Recipe) -> RunResult:
             task, tokenizer, splits["validation"], features["validation"], model.config.id2label
         ),
         processing_class=tokenizer,
-        callbacks=_callbacks(recipe, run_dir, args),
+        callbacks=[*_callbacks(recipe, run_dir, args), CommitOnSave(held)],
         compute_loss_func=task.loss_function(splits["train"], label2id),
         lengths=lengths_of(features["train"]) if recipe.train.group_by_length else None,
         generates=task.generates,
@@ -330,8 +354,6 @@ def run(recipe: Recipe) -> RunResult:
         decay_ratio=recipe.train.decay_ratio,
         batch_dump=run_dir.logs,
     )
-    if trainer.is_world_process_zero():
-        write_atomic(run_dir.recipe, dump_recipe(recipe))
     if resume_from:
         log.info("resuming from %s", resume_from)
     untrained = _score_untrained(trainer, task, recipe, splits, features) if not resume_from else {}
@@ -351,6 +373,7 @@ def run(recipe: Recipe) -> RunResult:
         metrics["train"].update(footprint(trainer.model, run_dir.model))
         run_dir.write_metrics(metrics)
         write_atomic(run_dir.summary, summary(recipe, metrics))
+        held.commit()
     return RunResult(run_dir.root, metrics, recipe)
 
 
@@ -370,7 +393,7 @@ def _score_untrained(
 
 
 def footprint(model: torch.nn.Module, saved: Path) -> dict[str, float]:
-    """What a run costs besides time: parameters trained and in all, saved model size, this process's peak RSS.
+    """What a run costs besides time: parameters trained and in all, saved model size, the run's peak RSS.
 
     The saved size is the run's `model/` folder: an adapter run's is the adapter and heads only.
     """
@@ -378,7 +401,7 @@ def footprint(model: torch.nn.Module, saved: Path) -> dict[str, float]:
         "trainable_parameters": sum(_count(p) for p in model.parameters() if p.requires_grad),
         "total_parameters": sum(_count(p) for p in model.parameters()),
         "model_megabytes": folder_megabytes(saved),
-        "peak_rss_megabytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10,
+        "peak_rss_megabytes": heap.peak_rss_megabytes(),
     }
 
 
@@ -419,7 +442,6 @@ def _run_untrained(
         written = run_dir if main and recipe.eval.write_predictions else None
         metrics[split] = record_split(task, splits[split], predictions, started, written, split)
     if main:
-        write_atomic(run_dir.recipe, dump_recipe(recipe))
         run_dir.write_metrics(metrics)
         write_atomic(run_dir.summary, summary(recipe, metrics))
     return RunResult(run_dir.root, metrics, recipe)
@@ -576,24 +598,27 @@ def _callbacks(recipe: Recipe, run_dir: RunDir, args: TrainingArguments) -> list
     return callbacks
 
 
-def _log_to_file(path: Path) -> None:
-    """Send this run's full log to its own file; the console keeps showing warnings only.
+@contextlib.contextmanager
+def _logging_to(path: Path) -> Iterator[None]:
+    """Send this run's full log to its own file while it runs; the console keeps showing warnings only.
 
-    A later run in the same process replaces the earlier run's file handler.
+    The handler goes when the run ends, so nothing a process logs later lands in a finished run's file.
     """
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.set_name("nlptasks-run")
-    for name in ("nlptasks", "transformers"):
-        logger = logging.getLogger(name)
-        for old in logger.handlers:
-            if old.get_name() == "nlptasks-run":
-                logger.removeHandler(old)
-                old.close()
-            elif old.level == logging.NOTSET:
-                old.setLevel(logging.WARNING)
+    loggers = [logging.getLogger(name) for name in ("nlptasks", "transformers")]
+    for logger in loggers:
+        for console in logger.handlers:
+            if console.level == logging.NOTSET:
+                console.setLevel(logging.WARNING)
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        handler.close()
 
 
 def summary(recipe: Recipe, metrics: dict[str, dict[str, float]]) -> str:

@@ -36,7 +36,7 @@ def encoder_location(name: str) -> str:
     """A run directory's saved model, a model alias's folder, or the name itself (a folder or Hub id)."""
     from nlptasks.catalog import MODELS, resolve_model
 
-    run = RunDir(Path(name).expanduser())
+    run = RunDir.read(Path(name).expanduser())
     if run.recipe.is_file() and run.model.is_dir():
         return str(run.model)
     return resolve_model(name).location if name in MODELS else name
