@@ -204,6 +204,34 @@ def test_a_csv_with_a_byte_order_mark_trains_and_evaluates(csv_run: Path, tmp_pa
     assert nlptasks.evaluate(csv_run, file=mine)["accuracy"] == 1.0
 
 
+def test_a_csv_with_other_column_names_evaluates_mapped_by_set(
+    csv_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    theirs = tmp_path / "theirs.csv"
+    theirs.write_text("question,topic\n" + "".join(f"{t},{n}\n" for t, n in QUESTIONS))
+    assert main(["eval", str(csv_run), "--file", str(theirs)]) == 2
+    assert "missing field(s) ['text', 'label']; the row has ['question', 'topic']" in capsys.readouterr().err
+    mapping = "data.columns={question: text, topic: label}"
+    assert main(["eval", str(csv_run), "--file", str(theirs), "--set", mapping]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == 1.0
+    assert (
+        main(
+            [
+                "eval",
+                str(csv_run),
+                "--file",
+                str(theirs),
+                "--set",
+                "data.text_column=question",
+                "--set",
+                "data.label_column=topic",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["accuracy"] == 1.0
+
+
 @pytest.mark.parametrize(
     ("name", "content"),
     [
