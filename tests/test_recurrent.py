@@ -253,7 +253,7 @@ def test_peephole_lstm_reads_each_row_alone_in_both_directions_and_its_gates_see
 def test_every_cell_and_a_left_to_right_rnn_build_and_round_trip(alias: str, tmp_path: Path) -> None:
     data = datasets.Dataset.from_dict({"text": ["Merkel visited Paris.", "Barlin!"], "label": [["pos"], ["neg"]]})
     task = Classification(Classification.Options(), max_length=16, stride=0)
-    cell = catalog.RECURRENT_MODELS[alias]
+    cell = catalog.model_family(alias).aliases[alias]
     model, tokenizer = build(task, cell, {**SMALL, "bidirectional": False}, ["neg", "pos"], data)
     assert model.classifier.in_features == SMALL["hidden_size"]  # one direction's states
     batch = tokenizer(["Merkel visited Paris.", "Barlin!"], padding=True, return_tensors="pt")

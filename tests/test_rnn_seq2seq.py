@@ -206,7 +206,7 @@ def test_beam_search_returns_the_best_scoring_beam_where_greedy_misses_it() -> N
 
 
 def test_the_rnn_encoder_decoders_generate_only_and_bad_model_args_name_the_key() -> None:
-    with pytest.raises(RecipeError, match="task 'ner' does not.*bilstm and bigru"):
+    with pytest.raises(RecipeError, match="task 'ner' does not.*recurrent baselines are bilstm, bigru"):
         models.build("lstm-attention", {}, NER(NEROptions(), 16, 2), [], None)
     task = Translation(TranslationOptions(), 64, 0)
     with pytest.raises(RecipeError, match=r"model_args\.attention: .*'bahdanau' or 'luong'"):

@@ -99,12 +99,12 @@ def test_the_builder_learns_its_tokenizer_from_each_tasks_text_columns(monkeypat
         (qa(), drinks),
         (Classification(Classification.Options(), 16, 0), sentences),
     ):
-        _, tokenizer = t5.build("t5-tiny", TINY_VOCAB, task, {}, examples)
+        _, tokenizer = t5.build(t5.FAMILY.aliases["t5-tiny"], TINY_VOCAB, task, {}, examples)
         assert all(tokenizer.unk_token_id not in tokenizer(text)["input_ids"] for text in learnt_from[-1])
     words = [w for tokens, _ in SENTENCES for w in tokens]
     assert learnt_from == [words, [*drinks["question"], *drinks["context"]], list(sentences["text"])]
     with pytest.raises(RecipeError, match="model_args.vocab_size: 8 pieces cannot hold every character"):
-        t5.build("t5-tiny", {"vocab_size": 8}, NER(NEROptions(), 16, 2), {}, ner_examples())
+        t5.build(t5.FAMILY.aliases["t5-tiny"], {"vocab_size": 8}, NER(NEROptions(), 16, 2), {}, ner_examples())
 
 
 # --- tiny runs ---------------------------------------------------------------------------------------------------

@@ -1,22 +1,22 @@
 """Model building and loading for every family, behind one pair of functions.
 
-Transformers get the task's head through the task's `Auto*` class, so any architecture that
-`transformers` maps (BERT, Llama, T5, ...) works unchanged. The recurrent baselines are
-`PreTrainedModel`s registered with the same Auto classes, so the training core, checkpoints,
-resume and `load` treat them exactly like transformers.
-
-Two kinds of alias build a model no checkpoint holds: T5 sizes (`t5-mini`, `t5.py`: random
-weights and a tokenizer trained on the data) and warm-started encoder-decoders
-(`bert2bert-minilm-l6`: `EncoderDecoderModel` from one encoder on both sides). Both save as
-ordinary transformers models, so `load` needs nothing special for them. The RNN
-encoder-decoders (`lstm-attention`, `gru-attention`, `rnn_seq2seq.py`) are the generating
-tasks' recurrent baselines, registered with `AutoModelForSeq2SeqLM` like the others.
+`build` looks the name up in the family registry (`catalog.py`) and calls the family's builder
+with a `BuildRequest`; a Hub id, a local folder or a packaged alias loads pretrained weights
+through the task's `Auto*` class, so any architecture that `transformers` maps (BERT, Llama,
+T5, ...) works unchanged. The families built here have their own modules, each registering its
+entry beside its builder: the recurrent baselines (`recurrent.py`), the RNN encoder-decoders of
+the generating tasks (`rnn_seq2seq.py`) and T5 from a size (`t5.py`: random weights and a
+tokenizer trained on the data). Warm-started encoder-decoders (`bert2bert-minilm-l6`:
+`EncoderDecoderModel` from one encoder on both sides) are registered below. Every family saves as
+a `PreTrainedModel` registered with the Auto classes, so the training core, checkpoints, resume
+and `load` treat them all exactly like transformers.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,36 @@ from transformers import AutoTokenizer, PreTrainedModel
 
 from nlptasks import adapters, catalog
 from nlptasks.errors import RecipeError
+from nlptasks.models import recurrent, rnn_seq2seq, t5  # noqa: F401 - each registers its family and Auto classes
 from nlptasks.tasks.base import Task
 
 UNSAFE_LOADING_ARGS = {"trust_remote_code", "use_safetensors", "weights_only", "code_revision"}
 """`from_pretrained` arguments that would load pickles or run a checkpoint's own code: never from a recipe."""
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What a family's builder gets; each reads the fields it needs."""
+
+    ref: catalog.ModelRef
+    setting: Any
+    """The alias's setting in its family entry (an RNN cell, a T5 size, its weights); None for a Hub id or folder."""
+    model_args: dict[str, Any]
+    task: Task
+    labels: list[str]
+    train_examples: datasets.Dataset
+    adaptation: adapters.Adaptation | None = None
+
+    @property
+    def head(self) -> dict[str, Any]:
+        """Config settings sizing a classification head; none for tasks without class labels (QA, generation)."""
+        if not self.labels:
+            return {}
+        return {
+            "num_labels": len(self.labels),
+            "id2label": dict(enumerate(self.labels)),
+            "label2id": {label: i for i, label in enumerate(self.labels)},
+        }
 
 
 def build(
@@ -45,16 +71,14 @@ def build(
 ) -> tuple[PreTrainedModel, Any]:
     """A fresh model with the task's head sized to `labels`, and its tokenizer; LoRA-wrapped with `adaptation`."""
     ref = catalog.resolve_model(model_name)
-    if adaptation and (fresh := _built_fresh(ref)):
-        raise RecipeError(f"method: LoRA adapts pretrained weights; '{model_name}' has {fresh}: use method: full")
+    entry = catalog.model_family(model_name)
+    if adaptation and entry and entry.fresh:
+        raise RecipeError(f"method: LoRA adapts pretrained weights; '{model_name}' has {entry.fresh}: use method: full")
     if task.generates and ref.family not in ("seq2seq", "decoder"):
-        decoders = [name for name, entry in catalog.MODELS.items() if entry.family == "decoder"]
         raise RecipeError(
             f"model: '{model_name}' is a{'n' if ref.family == 'encoder' else ''} {ref.family} model and task "
-            f"'{task.name}' generates text with an encoder-decoder or a decoder: use t5-mini (offline), "
-            f"{', '.join(decoders)} (a decoder), "
-            f"{', '.join(catalog.WARM_STARTED)} (warm-started from an encoder), "
-            f"{', '.join(catalog.RNN_SEQ2SEQ_MODELS)} (recurrent baselines) or a Hub id such as t5-small"
+            f"'{task.name}' generates text with an encoder-decoder or a decoder: use {_generating_models()}"
+            " or a Hub id such as t5-small"
         )
     task.use_model_family(ref.family)
     if unsafe := sorted(UNSAFE_LOADING_ARGS & set(model_args)):
@@ -62,54 +86,34 @@ def build(
             f"model_args.{unsafe[0]}: nlptasks loads weights only from safetensors or as plain tensors "
             "(torch.load with weights_only) and never runs Python code shipped with a model; this cannot be changed"
         )
-    if ref.family == "recurrent":
-        from nlptasks.models import recurrent
+    setting = entry.aliases[model_name] if entry else None
+    request = BuildRequest(ref, setting, model_args, task, labels, train_examples, adaptation)
+    return (entry.build if entry and entry.build else _pretrained)(request)
 
-        return recurrent.build(task, catalog.RECURRENT_MODELS[ref.name], model_args, labels, train_examples)
-    if ref.name in catalog.RNN_SEQ2SEQ_MODELS:
-        from nlptasks.models import rnn_seq2seq
 
-        return rnn_seq2seq.build(task, catalog.RNN_SEQ2SEQ_MODELS[ref.name], model_args, train_examples)
-    if ref.name in catalog.T5_SIZES:
-        from nlptasks.models import t5
+def _generating_models() -> str:
+    """The registered families that generate text, each as its aliases and what it is."""
+    families = [entry for entry in catalog.model_families() if entry.family in ("seq2seq", "decoder")]
+    return ", ".join(f"{', '.join(entry.aliases)} ({entry.summary})" for entry in families)
 
-        return t5.build(ref.name, model_args, task, _head(labels), train_examples)
-    if ref.name in catalog.WARM_STARTED:
-        return _warm_started(ref.location, model_args)
+
+def _pretrained(request: BuildRequest) -> tuple[PreTrainedModel, Any]:
+    """A checkpoint's weights under the task's head (which starts random), LoRA-wrapped with `adaptation`."""
+    ref, task = request.ref, request.task
     tokenizer = load_tokenizer(ref.location, ref.family, task.generates)
     auto_class = getattr(transformers, task.auto_model)
-    quantization = adapters.quantization(adaptation)
+    quantization = adapters.quantization(request.adaptation)
     model, loading = auto_class.from_pretrained(
-        ref.location, output_loading_info=True, **_head(labels), **quantization, **model_args
+        ref.location, output_loading_info=True, **request.head, **quantization, **request.model_args
     )
     fresh = _restore_backbone(model, ref.location, loading["missing_keys"])
     model.config.pad_token_id = tokenizer.pad_token_id
-    if adaptation:
-        return adapters.with_lora(model, adaptation, task.auto_model, fresh), tokenizer
+    if request.adaptation:
+        return adapters.with_lora(model, request.adaptation, task.auto_model, fresh), tokenizer
     return model, tokenizer
 
 
-def _built_fresh(ref: catalog.ModelRef) -> str | None:
-    """What an alias built without a whole checkpoint starts with at random; None for a pretrained checkpoint."""
-    if ref.name in catalog.WARM_STARTED:
-        return "new cross-attention"
-    if ref.family == "recurrent" or ref.name in {*catalog.T5_SIZES, *catalog.RNN_SEQ2SEQ_MODELS}:
-        return "random weights"
-    return None
-
-
-def _head(labels: list[str]) -> dict[str, Any]:
-    """Config settings sizing a classification head; none for tasks without class labels (QA, generation)."""
-    if not labels:
-        return {}
-    return {
-        "num_labels": len(labels),
-        "id2label": dict(enumerate(labels)),
-        "label2id": {label: i for i, label in enumerate(labels)},
-    }
-
-
-def _warm_started(location: str, model_args: dict[str, Any]) -> tuple[PreTrainedModel, Any]:
+def _warm_started(request: BuildRequest) -> tuple[PreTrainedModel, Any]:
     """BERT2BERT (Rothe et al., 2020): encoder and decoder both initialised from one encoder checkpoint.
 
     The decoder copy gets a causal mask and new, randomly initialised cross-attention; both
@@ -118,13 +122,25 @@ def _warm_started(location: str, model_args: dict[str, Any]) -> tuple[PreTrained
     `model_args` reach `EncoderDecoderModel.from_encoder_decoder_pretrained` (keys prefixed
     `encoder_` / `decoder_` configure one half only, e.g. `decoder_hidden_dropout_prob`).
     """
+    location = request.ref.location
     tokenizer = load_tokenizer(location, "encoder")
     tokenizer.bos_token, tokenizer.eos_token = tokenizer.cls_token, tokenizer.sep_token
-    model = transformers.EncoderDecoderModel.from_encoder_decoder_pretrained(location, location, **model_args)
+    model = transformers.EncoderDecoderModel.from_encoder_decoder_pretrained(location, location, **request.model_args)
     model.config.decoder_start_token_id = model.config.bos_token_id = tokenizer.cls_token_id
     model.config.eos_token_id = tokenizer.sep_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+catalog.register_family(
+    catalog.ModelFamily(
+        aliases={"bert2bert-minilm-l6": catalog.WeightsOf("minilm-l6")},
+        family="seq2seq",
+        summary="warm-started from an encoder",
+        build=_warm_started,
+        fresh="new cross-attention",
+    )
+)
 
 
 def _restore_backbone(model: PreTrainedModel, location: str, missing: Iterable[str]) -> list[str]:
@@ -150,8 +166,6 @@ def load(
     An adapter folder loads over its base model; a QLoRA (`quantized`) adapter over that base
     quantized to NF4 and dequantized, the weights it trained against.
     """
-    from nlptasks.models import recurrent, rnn_seq2seq  # noqa: F401 - register the toolkit's own models with the Auto classes
-
     family = catalog.family_of(model_dir)
     task.use_model_family(family)
     auto_class = getattr(transformers, task.auto_model)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import Field
@@ -35,19 +35,22 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 
-from nlptasks.catalog import RECURRENT_MODEL_TYPE
+from nlptasks import catalog
+from nlptasks.config import Section, validate_section
 from nlptasks.errors import RecipeError
 from nlptasks.models.rnn_layers import PeepholeLSTM, packed_rnn, recurrent_layer
-from nlptasks.recipe import Section, validate_section
 from nlptasks.tasks.base import Task
-from nlptasks.tasks.ner import WORD
+from nlptasks.text import WORD
+
+if TYPE_CHECKING:
+    from nlptasks.models import BuildRequest
 
 PAD, UNK = "[PAD]", "[UNK]"
 NOT_CHOSEN = -1e4
 
 
 class RecurrentOptions(Section):
-    """`model_args` of `bilstm` / `bigru` / `birnn` / `bilstm-peephole` recipes."""
+    """`model_args` of `bilstm` / `bigru` / `birnn` / `bilstm-peephole` recipes (`FAMILY`)."""
 
     embedding_dim: int = Field(default=100, gt=0)
     """Size of the (randomly initialised) word embeddings."""
@@ -82,7 +85,7 @@ class RecurrentOptions(Section):
 class BiRNNConfig(PreTrainedConfig):
     """Cell, vocabulary sizes and the validated `RecurrentOptions` (as a dict, one schema for both)."""
 
-    model_type = RECURRENT_MODEL_TYPE
+    model_type = "nlptasks-birnn"
     cell: str = "lstm"
     vocab_size: int = 2
     char_vocab_size: int = 2
@@ -480,3 +483,20 @@ AutoModelForTokenClassification.register(BiRNNConfig, BiRNNForTokenClassificatio
 AutoModelForSequenceClassification.register(BiRNNConfig, BiRNNForSequenceClassification, exist_ok=True)
 AutoModelForQuestionAnswering.register(BiRNNConfig, BiRNNForQuestionAnswering, exist_ok=True)
 AutoTokenizer.register(BiRNNConfig, tokenizer_class=BiRNNTokenizer, exist_ok=True)
+
+
+def _build_alias(request: BuildRequest) -> tuple[BiRNNPreTrainedModel, BiRNNTokenizer]:
+    return build(request.task, request.setting, request.model_args, request.labels, request.train_examples)
+
+
+FAMILY = catalog.register_family(
+    catalog.ModelFamily(
+        aliases={"bilstm": "lstm", "bigru": "gru", "birnn": "rnn", "bilstm-peephole": "peephole-lstm"},
+        family="recurrent",
+        summary="recurrent baselines",
+        build=_build_alias,
+        fresh="random weights",
+        model_type=BiRNNConfig.model_type,
+    )
+)
+"""Recurrent baselines by name, with the RNN cell each uses (`model_args.bidirectional: false` drops the `bi`)."""

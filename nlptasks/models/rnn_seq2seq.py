@@ -26,7 +26,7 @@ are computed once and copied per beam by `generate` itself. A run's `model/` loa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import Field
@@ -36,13 +36,16 @@ from transformers.loss.loss_utils import fixed_cross_entropy
 from transformers.modeling_outputs import ModelOutput, Seq2SeqLMOutput
 from transformers.models.bart.modeling_bart import shift_tokens_right
 
-from nlptasks.catalog import RNN_SEQ2SEQ_MODEL_TYPE
+from nlptasks import catalog
+from nlptasks.config import Section, validate_section
 from nlptasks.errors import RecipeError
 from nlptasks.models.recurrent import init_recurrent_weights
 from nlptasks.models.rnn_layers import packed_rnn, recurrent_layer
 from nlptasks.models.t5 import train_unigram_tokenizer
-from nlptasks.recipe import Section, validate_section
 from nlptasks.tasks.base import Task
+
+if TYPE_CHECKING:
+    from nlptasks.models import BuildRequest
 
 RNNState = tuple[torch.Tensor, ...]
 """A decoder RNN state, each tensor (layers, batch, hidden): (h,) for a GRU, (h, c) for an LSTM."""
@@ -70,7 +73,7 @@ class RNNSeq2SeqOptions(Section):
 class RNNSeq2SeqConfig(PreTrainedConfig):
     """Cell, vocabulary size, special tokens and the validated `RNNSeq2SeqOptions` (as a dict, one schema for both)."""
 
-    model_type = RNN_SEQ2SEQ_MODEL_TYPE
+    model_type = "nlptasks-rnn-seq2seq"
     cell: str = "lstm"
     vocab_size: int = 8
     options: dict[str, Any] | None = None
@@ -263,7 +266,7 @@ def build(
     if not task.generates:
         raise RecipeError(
             f"model: the RNN encoder-decoders generate text; task '{task.name}' does not "
-            "(its recurrent baselines are bilstm and bigru)"
+            f"(its recurrent baselines are {', '.join(catalog.model_aliases('recurrent'))})"
         )
     options = validate_section(RNNSeq2SeqOptions, model_args, "model_args")
     tokenizer = train_unigram_tokenizer(task.corpus(train_examples), options.vocab_size)
@@ -281,3 +284,20 @@ def build(
 
 AutoConfig.register(RNNSeq2SeqConfig.model_type, RNNSeq2SeqConfig, exist_ok=True)
 AutoModelForSeq2SeqLM.register(RNNSeq2SeqConfig, RNNSeq2SeqForConditionalGeneration, exist_ok=True)
+
+
+def _build_alias(request: BuildRequest) -> tuple[RNNSeq2SeqForConditionalGeneration, Any]:
+    return build(request.task, request.setting, request.model_args, request.train_examples)
+
+
+FAMILY = catalog.register_family(
+    catalog.ModelFamily(
+        aliases={"lstm-attention": "lstm", "gru-attention": "gru"},
+        family="seq2seq",
+        summary="RNN encoder-decoders with attention, recurrent baselines",
+        build=_build_alias,
+        fresh="random weights",
+        model_type=RNNSeq2SeqConfig.model_type,
+    )
+)
+"""RNN encoder-decoders with attention by name, with the RNN cell each uses."""

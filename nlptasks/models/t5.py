@@ -1,4 +1,4 @@
-"""T5 offline: a named size (`catalog.T5_SIZES`) and a Unigram tokenizer trained on the recipe's data.
+"""T5 offline: a named size (`FAMILY`) and a Unigram tokenizer trained on the recipe's data.
 
 Hub ids (`t5-small`) load pretrained through the generic path in `models/__init__.py`; the size
 aliases (`t5-tiny`, `t5-mini`) build a randomly initialised `T5Config` for whichever head the
@@ -22,8 +22,8 @@ every process of a distributed run, read that one.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import transformers
@@ -33,10 +33,13 @@ from tokenizers.models import Unigram
 from transformers import PreTrainedModel, PreTrainedTokenizerFast, T5Config
 
 from nlptasks import catalog
+from nlptasks.config import Section, validate_section
 from nlptasks.errors import RecipeError
-from nlptasks.recipe import Section, validate_section
 from nlptasks.rundir import publish_folder
 from nlptasks.tasks.base import Task
+
+if TYPE_CHECKING:
+    from nlptasks.models import BuildRequest
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
 
@@ -62,10 +65,17 @@ class T5Size(Section):
 
 
 def build(
-    name: str, model_args: dict[str, Any], task: Task, head: dict[str, Any], train_examples: datasets.Dataset
+    preset: Mapping[str, int],
+    model_args: dict[str, Any],
+    task: Task,
+    head: dict[str, Any],
+    train_examples: datasets.Dataset,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    """A random T5 of the named size with the task's head (`head`: label settings), and its new tokenizer."""
-    size = validate_section(T5Size, {**catalog.T5_SIZES[name], **model_args}, "model_args")
+    """A random T5 of an alias's size (`preset`, overridden by `model_args`) with the task's head, and its tokenizer.
+
+    `head` holds the config's label settings.
+    """
+    size = validate_section(T5Size, {**preset, **model_args}, "model_args")
     tokenizer = train_unigram_tokenizer(task.corpus(train_examples), size.vocab_size)
     config = T5Config(
         vocab_size=len(tokenizer),
@@ -124,3 +134,26 @@ def _learn_unigram(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast
     )
     pad, eos, unk = SPECIAL_TOKENS
     return PreTrainedTokenizerFast(tokenizer_object=unigram, pad_token=pad, eos_token=eos, unk_token=unk)
+
+
+def _build_alias(request: BuildRequest) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    return build(request.setting, request.model_args, request.task, request.head, request.train_examples)
+
+
+FAMILY = catalog.register_family(
+    catalog.ModelFamily(
+        aliases={
+            "t5-tiny": {"num_layers": 2, "d_model": 64, "d_ff": 128, "num_heads": 2, "vocab_size": 2000},
+            "t5-mini": {"num_layers": 4, "d_model": 256, "d_ff": 1024, "num_heads": 4, "vocab_size": 8000},
+        },
+        family="seq2seq",
+        summary="T5 from a size, offline",
+        build=_build_alias,
+        fresh="random weights",
+    )
+)
+"""T5 built offline from a size (random weights, a Unigram tokenizer trained on the data).
+
+`num_layers` counts encoder and decoder layers each; `model_args` overrides any field. `t5-mini`
+has 9.4M parameters with its 8,000-piece vocabulary (embeddings tied); `t5-tiny` is for tests.
+"""

@@ -34,12 +34,12 @@ class Hit:
 
 def encoder_location(name: str) -> str:
     """A run directory's saved model, a model alias's folder, or the name itself (a folder or Hub id)."""
-    from nlptasks.catalog import MODELS, resolve_model
+    from nlptasks.catalog import model_family, resolve_model
 
     run = RunDir.read(Path(name).expanduser())
     if run.recipe.is_file() and run.model.is_dir():
         return str(run.model)
-    return resolve_model(name).location if name in MODELS else name
+    return resolve_model(name).location if model_family(name) else name
 
 
 def load_encoder(name: str) -> Any:
