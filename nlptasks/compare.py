@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nlptasks import api
 from nlptasks.errors import UserInputError
 from nlptasks.recipe import Recipe, load_recipe, parse_overrides
 from nlptasks.rundir import RunDir, write_atomic
+from nlptasks.tasks import TASKS, headline_scores
 
 REPORT_SPLITS = ("test", "validation")
 """The split a run's metrics are reported on: the first of these it has."""
@@ -46,6 +48,11 @@ class FinishedRun:
     def scores(self) -> dict[str, float]:
         return self.metrics.get(self.split, {}) if self.split else {}
 
+    @property
+    def selection_metric(self) -> str:
+        """The validation metric that picked the run's best checkpoint."""
+        return self.recipe.train.metric_for_best_model or TASKS[self.recipe.task].main_metric
+
 
 def compare(
     sources: Sequence[str | Path], output: str | Path, overrides: list[str] | None = None, overwrite: bool = False
@@ -68,8 +75,6 @@ def compare(
 def _finished_run(source: str | Path, overrides: list[str] | None, overwrite: bool) -> FinishedRun:
     path = Path(source)
     if not (path / "recipe.yaml").is_file():
-        from nlptasks import api
-
         path = api.run(str(source), parse_overrides(overrides), overwrite=overwrite).run_dir
     run = RunDir.read(path)
     if not run.metrics.is_file():
@@ -90,7 +95,8 @@ def _report(runs: list[FinishedRun], plots: list[Path]) -> str:
 
 
 def _metrics_table(runs: list[FinishedRun]) -> str:
-    metric_names = list(dict.fromkeys(k for run in runs for k in run.scores if _is_headline(k)))
+    """A row per run: its task's headline metrics (a column each, across the runs' tasks) and its costs."""
+    metric_names = list(dict.fromkeys(name for run in runs for name in headline_scores(run.recipe.task, run.scores)))
     header = ["run", "task", "model", "method", "split", *metric_names, *(label for _, label, _ in COSTS)]
     rows = []
     for run in runs:
@@ -101,10 +107,6 @@ def _metrics_table(runs: list[FinishedRun]) -> str:
             + [_number(train.get(key), style) for key, _, style in COSTS]
         )
     return _table(header, rows)
-
-
-def _is_headline(key: str) -> bool:
-    return not key.startswith(("precision_", "recall_", PER_CLASS_PREFIX)) and key != "samples_per_second"
 
 
 def _per_class_table(runs: list[FinishedRun]) -> str:
@@ -128,24 +130,19 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _curves(run: FinishedRun) -> dict[str, list[tuple[float, float]]]:
-    """(epoch, value) series from the run's `logs/metrics.csv`: the training loss and every `eval_` metric."""
+    """(epoch, value) series from the run's `logs/metrics.csv`: the training loss and the validation
+    metrics worth a curve (the model-selection metric and the task's headline metrics)."""
     path = RunDir(run.folder).logs / "metrics.csv"
     series: dict[str, list[tuple[float, float]]] = {}
     if not path.is_file():
         return series
+    metrics = (run.selection_metric, *TASKS[run.recipe.task].headline_metrics)
+    wanted = {"loss", *(f"eval_{name}" for name in metrics)}
     with path.open(encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
-            name = row["name"]
-            keep = name == "loss" or name.startswith("eval_") and _is_curve_metric(name)
-            if keep and row["epoch"] and row["value"]:
-                series.setdefault(name, []).append((float(row["epoch"]), float(row["value"])))
+            if row["name"] in wanted and row["epoch"] and row["value"]:
+                series.setdefault(row["name"], []).append((float(row["epoch"]), float(row["value"])))
     return series
-
-
-def _is_curve_metric(name: str) -> bool:
-    return not name.endswith(("_runtime", "_per_second", "preparation_time")) and _is_headline(
-        name.removeprefix("eval_")
-    )
 
 
 def _plot_curves(
@@ -180,9 +177,7 @@ def _plot_curves(
 
 
 def _main_eval_key(run: FinishedRun, series: dict[str, Any]) -> str:
-    from nlptasks.tasks import TASKS
-
-    wanted = f"eval_{run.recipe.train.metric_for_best_model or TASKS[run.recipe.task].main_metric}"
+    wanted = f"eval_{run.selection_metric}"
     return wanted if wanted in series else next((name for name in series if name.startswith("eval_")), "")
 
 

@@ -14,16 +14,10 @@ from transformers import AutoTokenizer
 import nlptasks
 from nlptasks.cli import main
 from nlptasks.data import load_splits
+from nlptasks.metrics.rouge import greedy_oracle
 from nlptasks.recipe import DataConfig
-from nlptasks.tasks.extractive_summarization import (
-    LABELS,
-    ExtractiveOptions,
-    ExtractiveSummarization,
-    greedy_oracle,
-    select,
-    split_sentences,
-    split_turns,
-)
+from nlptasks.tasks.extractive_summarization import LABELS, ExtractiveOptions, ExtractiveSummarization, select
+from nlptasks.text import split_sentences, split_turns
 
 DIALOGUE = (
     "#Person1#: I want to buy a red car today.\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,12 @@ from nlptasks import catalog
 from nlptasks.cli import main
 from nlptasks.data import load_splits
 from nlptasks.errors import DataError, RecipeError
+from nlptasks.metrics.rouge import rouge
 from nlptasks.models.generation import configure, generate_ids, generations
 from nlptasks.models.t5 import train_unigram_tokenizer
 from nlptasks.recipe import DataConfig, GenerationSettings, load_recipe
 from nlptasks.tasks import TASKS
 from nlptasks.tasks.base import Generation
-from nlptasks.tasks.extractive_summarization import rouge
 from nlptasks.tasks.summarization import Summarization
 from nlptasks.tasks.translation import Translation, TranslationOptions
 
@@ -332,7 +333,9 @@ def test_translation_with_tiny_t5_end_to_end_and_predict_streams_json_lines(
 def test_summarization_with_a_warm_started_tiny_bert2bert_end_to_end(
     summarization_files, tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(catalog.WARM_STARTED, "bert2bert-tiny", str(tiny_bert))
+    warm_started = catalog.model_family("bert2bert-minilm-l6")
+    tiny = replace(warm_started, aliases={"bert2bert-tiny": catalog.WeightsOf(str(tiny_bert))})
+    monkeypatch.setitem(catalog.MODEL_FAMILIES, "bert2bert-tiny", tiny)
     result = nlptasks.run(recipe("summarization", summarization_files, "bert2bert-tiny", tmp_path / "run"))
     assert set(result.metrics["test"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "gen_len", "samples_per_second"}
     assert result.metrics["test"]["gen_len"] <= 8

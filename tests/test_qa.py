@@ -17,9 +17,10 @@ from nlptasks import models
 from nlptasks.cli import main
 from nlptasks.data import load_splits, pad_batch
 from nlptasks.errors import DataError, UserInputError
+from nlptasks.metrics.squad import normalize_answer, token_f1
 from nlptasks.models.recurrent import BiRNNForQuestionAnswering, build
 from nlptasks.recipe import DataConfig
-from nlptasks.tasks.qa import OUTSIDE, QAOptions, QuestionAnswering, _token_span, normalize_answer, token_f1
+from nlptasks.tasks.qa import OUTSIDE, QAOptions, QuestionAnswering, _token_span
 
 DRINKS = ["tea", "coffee", "juice", "milk", "water", "cocoa"]
 NAMES = ["Alice", "Bob", "Carol", "Dave", "Erin", "Frank"]

@@ -22,13 +22,13 @@ import numpy as np
 
 from nlptasks.catalog import local_dataset_folder
 from nlptasks.errors import DataError, UserInputError
+from nlptasks.metrics.squad import normalize_answer, token_f1
 from nlptasks.rag.documents import Document
 from nlptasks.rag.generate import CITATION
 from nlptasks.rag.pipeline import RagPipeline, build_index
 from nlptasks.rag.retrieve import Hit
 from nlptasks.rag.settings import RagSettings
 from nlptasks.rag.store import SETTINGS_FILE
-from nlptasks.tasks.qa import normalize_answer, token_f1
 
 BENCHMARKS = ("cranfield", "squad")
 LATENCY_QUERIES = 200

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import torch
 
 from nlptasks.errors import UserInputError
+from nlptasks.metrics.squad import normalize_answer
 from nlptasks.rag.retrieve import Hit
 from nlptasks.rag.settings import RagSettings
 
@@ -112,8 +113,6 @@ def attributed(answer: str, hits: list[Hit]) -> list[dict[str, Any]]:
     """Citations for an answer that gave none (small models often ignore the instruction): the passage
     sharing the most words with it, marked `attributed`, or none when no passage shares a content word."""
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-    from nlptasks.tasks.qa import normalize_answer
 
     words = set(normalize_answer(CITATION.sub(" ", answer)).split()) - ENGLISH_STOP_WORDS
     overlap = [len(words & set(normalize_answer(hit.chunk.text).split())) for hit in hits]

@@ -12,8 +12,9 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from nlptasks.config import Section
 from nlptasks.errors import RecipeError
-from nlptasks.recipe import GenerationSettings, Section, load_recipe, parse_overrides
+from nlptasks.recipe import GenerationSettings, load_recipe, parse_overrides
 
 BUILD_FIELDS = ("encoder", "chunk_tokens", "chunk_overlap", "store", "qdrant_url", "collection")
 """Settings fixed when an index is built: changing one means building a new index."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from nlptasks.recipe import Recipe, validate_section
+from typing import TYPE_CHECKING
+
+from nlptasks.config import validate_section
 from nlptasks.tasks.base import Task
 from nlptasks.tasks.classification import Classification
 from nlptasks.tasks.extractive_summarization import ExtractiveSummarization
@@ -11,6 +13,9 @@ from nlptasks.tasks.qa import QuestionAnswering
 from nlptasks.tasks.sentence_embedding import SentenceEmbedding
 from nlptasks.tasks.summarization import Summarization
 from nlptasks.tasks.translation import Translation
+
+if TYPE_CHECKING:
+    from nlptasks.recipe import Recipe
 
 TASKS: dict[str, type[Task]] = {
     task.name: task
@@ -24,6 +29,11 @@ TASKS: dict[str, type[Task]] = {
         SentenceEmbedding,
     )
 }
+
+
+def headline_scores(task: str, scores: dict[str, float]) -> dict[str, float]:
+    """The task's headline metrics among one split's `scores`, in the order the task declares them."""
+    return {name: scores[name] for name in TASKS[task].headline_metrics if name in scores}
 
 
 def task_for(recipe: Recipe) -> Task:

@@ -11,13 +11,16 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import datasets
 import numpy as np
 import pyarrow.compute as pc
 
-from nlptasks.recipe import Section
+from nlptasks.config import Section
+
+if TYPE_CHECKING:
+    from nlptasks.recipe import Recipe
 
 
 class NoOptions(Section):
@@ -39,6 +42,9 @@ class Task(ABC):
     target_column: ClassVar[str]
     main_metric: str
     """Validation metric used to pick the best checkpoint unless the recipe names another."""
+    headline_metrics: ClassVar[tuple[str, ...]]
+    """The metrics a run reports up front, in this order (`run`'s table, `summary.md`, `compare`); the
+    per-class, per-type and diagnostic rest is in metrics.json. Metrics a run lacks are left out."""
     auto_model: ClassVar[str]
     """The `transformers` Auto class that gives any architecture this task's head."""
     Options: ClassVar[type[Section]] = NoOptions
@@ -48,8 +54,6 @@ class Task(ABC):
     """Model outputs `decode` reads: one reaches it as an array, several as a tuple in this order."""
     input_fields: ClassVar[tuple[str, ...]] = ("text",)
     """Fields of one raw `predict` input; with several, each input is a JSON object holding them."""
-    in_batch_negatives: ClassVar[bool] = False
-    """The loss contrasts each example with the rest of its batch: gradient accumulation would not add negatives."""
     integer_labels: ClassVar[bool] = False
     """Rows may give class labels as integers, named by a list of names (`check_row`'s `label_names`)."""
     generates: ClassVar[bool] = False
@@ -104,6 +108,11 @@ class Task(ABC):
 
     def write_artifacts(self, folder: Path, split: str, examples: datasets.Dataset, predictions: list[Any]) -> None:
         """Files beyond metrics and predictions a task writes for a scored split (plots, tables)."""
+        return None
+
+    @classmethod
+    def check_recipe(cls, recipe: Recipe) -> None:
+        """What this task needs of the recipe's other sections; a ValueError names the key, as a recipe error does."""
         return None
 
     @classmethod
@@ -182,8 +191,8 @@ class Task(ABC):
 
 
 def lengths_of(features: datasets.Dataset) -> list[int]:
-    """Token counts per feature, for length-grouped batching, counted by Arrow: reading the token
-    lists into Python took 1.2 s for 64,000 sentences, Arrow's list lengths 1 ms."""
+    """Token counts per feature, for length-grouped batching, counted by Arrow from its list offsets:
+    reading every token list into Python costs a thousand times as much."""
     return pc.list_value_length(features.with_format("arrow")["input_ids"]).to_numpy().tolist()
 
 
@@ -214,6 +223,14 @@ def json_input(value: str | dict[str, Any], fields: tuple[str, ...]) -> dict[str
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"field '{field}' must be a non-empty string, got {text!r}")
     return {field: value[field] for field in fields}
+
+
+def nonblank(value: Any, field: str) -> str:
+    """The value of a row's text field; ValueError naming the field unless it is non-blank text."""
+    if not isinstance(value, str) or not value.strip():
+        shown = repr(value) if not isinstance(value, str) else "blank text"
+        raise ValueError(f"field '{field}' must be non-empty text, got {shown}")
+    return value
 
 
 def text_or_json_row(text: str | dict[str, Any]) -> dict[str, Any]:

@@ -21,10 +21,11 @@ import datasets
 import numpy as np
 import torch
 from pydantic import Field
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import confusion_matrix
 
+from nlptasks.config import Section
 from nlptasks.errors import DataError, RecipeError
-from nlptasks.recipe import Section
+from nlptasks.metrics.classification import label_scores
 from nlptasks.rundir import write_atomic
 from nlptasks.tasks.base import Task, softmax, text_or_json_row
 
@@ -47,6 +48,7 @@ class Classification(Task):
     input_column = "text"
     target_column = "label"
     main_metric = "accuracy"
+    headline_metrics = ("accuracy", "macro_f1", "micro_f1")
     auto_model = "AutoModelForSequenceClassification"
     Options = ClassificationOptions
     options: ClassificationOptions
@@ -127,22 +129,7 @@ class Classification(Task):
     def score(self, examples: datasets.Dataset, predictions: list[dict[str, Any]]) -> dict[str, float]:
         gold = [self._split(labels) for labels in examples["label"]]
         predicted = [_predicted_labels(p) for p in predictions]
-        classes = sorted({name for labels in gold + predicted for name in labels})
-        if self.options.multi_label:
-            truth, guess = _multi_hot(gold, classes), _multi_hot(predicted, classes)
-            metrics = {"accuracy": float((truth == guess).all(1).mean())}
-            _, _, micro_f1, _ = precision_recall_fscore_support(truth, guess, average="micro", zero_division=0)
-            metrics["micro_f1"] = float(micro_f1)
-        else:
-            truth, guess = [labels[0] for labels in gold], [labels[0] for labels in predicted]
-            metrics = {"accuracy": float(np.mean([t == g for t, g in zip(truth, guess)]))}
-        precision, recall, f1, _ = precision_recall_fscore_support(
-            truth, guess, labels=None if self.options.multi_label else classes, zero_division=0
-        )
-        metrics["macro_f1"] = float(np.mean(f1))
-        for name, p, r, f in zip(classes, precision, recall, f1):
-            metrics.update({f"precision_{name}": float(p), f"recall_{name}": float(r), f"f1_{name}": float(f)})
-        return metrics
+        return label_scores(gold, predicted, self.options.multi_label)
 
     @property
     def calibrates(self) -> bool:
@@ -264,14 +251,6 @@ def _label_name(value: Any, label_names: list[str] | None) -> str:
 
 def _predicted_labels(prediction: dict[str, Any]) -> list[str]:
     return prediction["labels"] if "labels" in prediction else [prediction["label"]]
-
-
-def _multi_hot(rows: list[list[str]], classes: list[str]) -> np.ndarray:
-    index = {name: i for i, name in enumerate(classes)}
-    hot = np.zeros((len(rows), len(classes)), dtype=int)
-    for i, names in enumerate(rows):
-        hot[i, [index[name] for name in names]] = 1
-    return hot
 
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:

@@ -29,37 +29,25 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections import Counter
 from collections.abc import Callable, Sequence
-from functools import cache, partial
+from functools import partial
 from typing import Any, Literal
 
 import datasets
 import networkx
 import numpy as np
 from pydantic import Field, model_validator
-from rouge_score.rouge_scorer import RougeScorer
-from rouge_score.tokenizers import DefaultTokenizer
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics.pairwise import cosine_similarity
 
+from nlptasks.config import Section
 from nlptasks.errors import UserInputError
-from nlptasks.recipe import Section
+from nlptasks.metrics.rouge import ROUGE_TYPES, greedy_oracle, rouge
 from nlptasks.tasks.base import Task, softmax
+from nlptasks.tasks.summary_rows import SUMMARY_FEATURES, check_summary_row, gold_summaries
+from nlptasks.text import Span, split_sentences, split_turns
 
-Span = tuple[int, int]
 LABELS = ["skip", "keep"]
-ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-
-LINE = re.compile(r"\S(?:[^\r\n]*\S)?")
-"""A line without its surrounding whitespace (blank lines never match)."""
-SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s)")
-NEXT_CHARACTER = re.compile(r"\s+(\S)")
-ABBREVIATIONS = frozenset(
-    ["mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "vs", "etc", "e.g", "i.e", "cf", "no", "fig"]
-    + ["inc", "ltd", "co", "corp", "u.s", "u.k", "a.m", "p.m"]
-)
-"""Words whose period rarely ends a sentence (lowercase, without the final period)."""
 WORD = re.compile(r"\w+")
 
 
@@ -88,6 +76,7 @@ class ExtractiveSummarization(Task):
     input_column = "document"
     target_column = "summary"
     main_metric = "rouge1"
+    headline_metrics = ROUGE_TYPES
     auto_model = "AutoModelForTokenClassification"
     Options = ExtractiveOptions
 
@@ -209,71 +198,6 @@ class ExtractiveSummarization(Task):
         return [self._prediction(texts, scorer(texts)) for texts in units]
 
 
-# ---------------------------------------------------------------- sentences
-
-
-def split_turns(text: str) -> list[Span]:
-    """One span per non-blank line, without its surrounding whitespace."""
-    return [match.span() for match in LINE.finditer(text)]
-
-
-def split_sentences(text: str) -> list[Span]:
-    """Sentence spans of prose: each line, cut after `.`, `!` or `?` where a new sentence starts.
-
-    A cut needs whitespace and then a character that is not lowercase after the punctuation
-    (closing quotes and brackets stay with their sentence), and a lone `.` must not end a known
-    abbreviation (`Dr.`, `e.g.`, `U.S.`) or a one-letter initial. Rules in the spirit of Moses'
-    `split-sentences.perl`: no model and no data download (nltk's punkt needs one, impossible
-    offline), and spans index the original text exactly.
-    """
-    spans = []
-    for line_start, line_end in split_turns(text):
-        start = line_start
-        for match in SENTENCE_END.finditer(text, line_start, line_end):
-            following = NEXT_CHARACTER.match(text, match.end(), line_end)
-            if following and not following.group(1).islower() and not _abbreviation(text[start : match.end()]):
-                spans.append((start, match.end()))
-                start = following.start(1)
-        spans.append((start, line_end))
-    return spans
-
-
-def _abbreviation(sentence: str) -> bool:
-    """Whether the sentence so far ends in an abbreviation's or an initial's period, not a sentence's."""
-    words = sentence.split()
-    if not words or not words[-1].endswith(".") or words[-1].endswith(".."):
-        return False
-    word = words[-1].lstrip("(\"'“‘").rstrip(".").lower()
-    return word in ABBREVIATIONS or (len(word) == 1 and word.isalpha())
-
-
-SUMMARY_FEATURES = datasets.Features(
-    {
-        "document": datasets.Value("string"),
-        "summary": datasets.Value("string"),
-        "references": datasets.Sequence(datasets.Value("string")),
-    }
-)
-
-
-def check_summary_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A document with its summary and, optionally, a non-empty list of reference summaries."""
-    checked = {field: _nonblank(row[field], field) for field in ("document", "summary")}
-    references = row.get("references")
-    if references is not None:
-        if not isinstance(references, list) or not references:
-            raise ValueError(f"field 'references' must be a non-empty list of summaries, got {references!r}")
-        references = [_nonblank(text, f"references[{i}]") for i, text in enumerate(references)]
-    return {**checked, "references": references}
-
-
-def _nonblank(value: Any, field: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        shown = repr(value) if not isinstance(value, str) else "blank text"
-        raise ValueError(f"field '{field}' must be non-empty text, got {shown}")
-    return value
-
-
 # ---------------------------------------------------------------- model inputs
 
 
@@ -392,85 +316,7 @@ UNTRAINED_SCORERS: dict[str, Callable[[list[str]], np.ndarray]] = {
 """Model names that need no model: each scores a document's sentences directly."""
 
 
-# ---------------------------------------------------------------- ROUGE and the oracle
-
-
-@cache
-def _rouge_tokenizer() -> DefaultTokenizer:
-    return DefaultTokenizer(use_stemmer=True)
-
-
-@cache
-def _rouge_scorer() -> RougeScorer:
-    return RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
-
-
-def rouge(golds: list[list[str]], summaries: list[list[str]]) -> dict[str, float]:
-    """Mean ROUGE F-measures (rouge-score, Porter stemming); rougeLsum sees one sentence per line.
-
-    `golds` holds each example's reference summaries: each ROUGE type takes its best reference,
-    as rouge-score's `score_multi` does. References are split with `split_sentences`; summaries
-    come as their sentences.
-    """
-    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
-    for references, sentences in zip(golds, summaries):
-        summary = "\n".join(sentences)
-        per_reference = [_rouge_scorer().score("\n".join(sentence_texts(gold)), summary) for gold in references]
-        for key in ROUGE_TYPES:
-            totals[key] += max(scores[key].fmeasure for scores in per_reference)
-    return {key: total / max(len(golds), 1) for key, total in totals.items()}
-
-
-def sentence_texts(text: str) -> list[str]:
-    return [text[start:end] for start, end in split_sentences(text)]
-
-
-def gold_summaries(examples: datasets.Dataset) -> list[list[str]]:
-    """Each example's reference summaries: its `references` where it has them, else its `summary`."""
-    references = examples["references"] if "references" in examples.column_names else [None] * len(examples)
-    return [several or [summary] for several, summary in zip(references, examples["summary"])]
-
-
-def greedy_oracle(texts: list[str], summary: str) -> list[int]:
-    """The sentences whose concatenation best matches `summary`, chosen greedily (Nallapati et al., 2017).
-
-    Each step adds the sentence that most raises ROUGE-1 F + ROUGE-2 F of the selection (in
-    document order) against the summary, and the search stops when no sentence raises it, so the
-    oracle picks as many sentences as the reference warrants. N-gram F is computed here on
-    tokens stemmed once per sentence: calling rouge-score per candidate would re-tokenize and
-    re-stem the whole selection each time. It equals rouge-score's value on the joined text.
-    """
-    reference = _rouge_tokenizer().tokenize(summary)
-    targets = {n: _ngrams(reference, n) for n in (1, 2)}
-    tokens = [_rouge_tokenizer().tokenize(text) for text in texts]
-
-    def value(selection: list[int]) -> float:
-        joined = [token for i in sorted(selection) for token in tokens[i]]
-        return sum(_f_measure(targets[n], _ngrams(joined, n)) for n in (1, 2))
-
-    chosen: list[int] = []
-    best = 0.0
-    remaining = set(range(len(texts)))
-    while remaining:
-        gain, index = max((value([*chosen, i]), -i) for i in remaining)  # ties go to the earlier sentence
-        if gain <= best:
-            break
-        chosen.append(-index)
-        remaining.discard(-index)
-        best = gain
-    return sorted(chosen)
-
-
-def _ngrams(tokens: list[str], n: int) -> Counter:
-    return Counter(zip(*(tokens[i:] for i in range(n))))
-
-
-def _f_measure(target: Counter, candidate: Counter) -> float:
-    overlap = sum((target & candidate).values())
-    if not overlap:
-        return 0.0
-    precision, recall = overlap / sum(candidate.values()), overlap / sum(target.values())
-    return 2 * precision * recall / (precision + recall)
+# ---------------------------------------------------------------- oracle labels
 
 
 def _oracle_column(batch: dict[str, list], split: str) -> dict[str, list]:

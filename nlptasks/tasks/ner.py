@@ -12,15 +12,13 @@ from typing import Any
 
 import datasets
 import numpy as np
-from seqeval.metrics import classification_report
-from seqeval.scheme import IOB2
 
-from nlptasks.recipe import Section
+from nlptasks.config import Section
+from nlptasks.metrics.entities import entity_scores
 from nlptasks.tasks.base import Task, softmax
+from nlptasks.text import WORD
 
 TAG = re.compile(r"^(O|[BI]-\S+)$")
-WORD = re.compile(r"\w+(?:[-'.]\w+)*|[^\w\s]")
-"""Raw text to words (for `predict`, and the recurrent tokenizer): word characters with inner -'. or one symbol."""
 
 
 class NEROptions(Section):
@@ -33,6 +31,7 @@ class NER(Task):
     input_column = "tokens"
     target_column = "ner_tags"
     main_metric = "f1"
+    headline_metrics = ("f1", "precision", "recall", "macro_f1")
     auto_model = "AutoModelForTokenClassification"
     Options = NEROptions
     integer_labels = True
@@ -120,16 +119,7 @@ class NER(Task):
         ]
 
     def score(self, examples: datasets.Dataset, predictions: list[list[str]]) -> dict[str, float]:
-        report = classification_report(
-            examples["ner_tags"], predictions, mode="strict", scheme=IOB2, output_dict=True, zero_division=0
-        )
-        metrics = {key: float(report["micro avg"][key]) for key in ("precision", "recall")}
-        metrics["f1"] = float(report["micro avg"]["f1-score"])
-        for kind, row in report.items():
-            if kind not in ("micro avg", "macro avg", "weighted avg"):
-                metrics[f"f1_{kind}"] = float(row["f1-score"])
-        metrics["macro_f1"] = float(report["macro avg"]["f1-score"])
-        return metrics
+        return entity_scores(examples["ner_tags"], predictions)
 
     def examples_from_texts(self, texts: list[str]) -> datasets.Dataset:
         words = [[m.group() for m in WORD.finditer(text)] or [text] for text in texts]

@@ -14,9 +14,9 @@ from the original context by the tokenizer's character offsets, so the answer is
 own text. With `allow_no_answer` (SQuAD v2), the answer is "" when the no-answer score (position
 0, lowest over the windows) beats the best span's by more than `null_score_threshold`.
 
-Metrics are the official SQuAD exact match and F1 (lowercase, punctuation and the articles
-a/an/the removed, whitespace collapsed; the best over the gold answers; v2's rule for empty
-answers) on a 0-1 scale like every metric of the toolkit (the official script prints 0-100).
+Metrics are the official SQuAD exact match and F1 (`metrics.squad`: lowercase, punctuation and
+the articles a/an/the removed, whitespace collapsed; the best over the gold answers; v2's rule
+for empty answers) on a 0-1 scale like every metric of the toolkit (the official script prints 0-100).
 
 Bad rows are errors, never skipped: an `answer_start` that does not point at its answer text
 usually means offsets computed on other text (bytes, normalised whitespace) and would shift
@@ -26,21 +26,17 @@ every target of the file. A row without answers is an error unless `allow_no_ans
 
 from __future__ import annotations
 
-import re
-import string
-from collections import Counter
 from typing import Any
 
 import datasets
 import numpy as np
 from pydantic import Field
 
+from nlptasks.config import Section
 from nlptasks.errors import DataError, UserInputError
-from nlptasks.recipe import Section
+from nlptasks.metrics.squad import squad_scores
 from nlptasks.tasks.base import Task, json_input, softmax
 
-ARTICLES = re.compile(r"\b(a|an|the)\b")
-PUNCTUATION = frozenset(string.punctuation)
 OUTSIDE = [-1, -1]
 """Character span stored for tokens that are not context (question, special tokens)."""
 
@@ -61,6 +57,7 @@ class QuestionAnswering(Task):
     input_column = "context"
     target_column = "answers"
     main_metric = "f1"
+    headline_metrics = ("exact_match", "f1")
     auto_model = "AutoModelForQuestionAnswering"
     Options = QAOptions
     options: QAOptions
@@ -224,12 +221,8 @@ class QuestionAnswering(Task):
         }
 
     def score(self, examples: datasets.Dataset, predictions: list[dict[str, Any]]) -> dict[str, float]:
-        exact, overlap = [], []
-        for prediction, answers in zip(predictions, examples["answers"]):
-            golds = [text for text in answers["text"] if normalize_answer(text)] or [""]
-            exact.append(max(float(normalize_answer(prediction["answer"]) == normalize_answer(g)) for g in golds))
-            overlap.append(max(token_f1(prediction["answer"], gold) for gold in golds))
-        return {"exact_match": float(np.mean(exact)), "f1": float(np.mean(overlap))}
+        golds = [answers["text"] for answers in examples["answers"]]
+        return squad_scores([prediction["answer"] for prediction in predictions], golds)
 
     def examples_from_texts(self, texts: list[str | dict[str, str]]) -> datasets.Dataset:
         """Each input is `{"question": ..., "context": ...}`, as a dict or its JSON text."""
@@ -290,21 +283,3 @@ def _token_span(spans: list[list[int]], start: int, end: int) -> tuple[int, int]
     first = next(i for i in inside if spans[i][1] > start)
     last = next(i for i in reversed(inside) if spans[i][0] < end)
     return (first, last) if first <= last else (0, 0)
-
-
-def normalize_answer(text: str) -> str:
-    """The official SQuAD normalisation: lowercase, punctuation and articles removed, whitespace collapsed."""
-    text = "".join(c for c in text.lower() if c not in PUNCTUATION)
-    return " ".join(ARTICLES.sub(" ", text).split())
-
-
-def token_f1(prediction: str, gold: str) -> float:
-    """SQuAD F1 of normalised tokens; an empty answer scores 1 against an empty gold only (v2)."""
-    predicted, truth = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    if not predicted or not truth:
-        return float(predicted == truth)
-    common = sum((Counter(predicted) & Counter(truth)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(predicted), common / len(truth)
-    return 2 * precision * recall / (precision + recall)

@@ -24,18 +24,21 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import datasets
 import numpy as np
 import torch
 from peft import PeftModel
 from pydantic import Field
-from scipy.stats import pearsonr, spearmanr
 
+from nlptasks.config import Section
 from nlptasks.errors import DataError, RecipeError
-from nlptasks.recipe import Section
+from nlptasks.metrics.correlation import sts_correlations
 from nlptasks.tasks.base import Task, text_or_json_row
+
+if TYPE_CHECKING:
+    from nlptasks.recipe import Recipe
 
 SIDES = ("", "pair_", "negative_")
 """Feature prefixes of the three texts a row may hold: the sentence, its positive, a hard negative."""
@@ -55,8 +58,8 @@ class SentenceEmbedding(Task):
     input_column = "text"
     target_column = "score"
     main_metric = "spearman"
+    headline_metrics = ("spearman", "pearson")
     auto_model = "AutoModel"
-    in_batch_negatives = True
     Options = SentenceEmbeddingOptions
     options: SentenceEmbeddingOptions
 
@@ -65,6 +68,15 @@ class SentenceEmbedding(Task):
         self.family = "encoder"
         self.dimension = 0
         """The embedding size, known once the model is wrapped."""
+
+    @classmethod
+    def check_recipe(cls, recipe: Recipe) -> None:
+        """Negatives come from the batch: accumulating batches adds none (there is no gradient cache here)."""
+        if recipe.train.gradient_accumulation_steps > 1:
+            raise ValueError(
+                f"train.gradient_accumulation_steps: {cls.name} draws its negatives from one batch, so "
+                "accumulating batches adds none (no gradient cache here); raise train.batch_size instead"
+            )
 
     @classmethod
     def features(cls) -> datasets.Features:
@@ -162,12 +174,7 @@ class SentenceEmbedding(Task):
         return predictions
 
     def score(self, examples: datasets.Dataset, predictions: list[dict[str, Any]]) -> dict[str, float]:
-        gold = np.asarray(examples["score"], dtype=np.float64)
-        predicted = np.asarray([p["similarity"] for p in predictions], dtype=np.float64)
-        return {
-            "spearman": 100 * float(spearmanr(gold, predicted).statistic),
-            "pearson": 100 * float(pearsonr(gold, predicted).statistic),
-        }
+        return sts_correlations(examples["score"], [p["similarity"] for p in predictions])
 
     def examples_from_texts(self, texts: list[str]) -> datasets.Dataset:
         """Plain lines are sentences to embed; a JSON object with `text` and `text_pair` asks for their similarity."""

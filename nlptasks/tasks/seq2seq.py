@@ -37,8 +37,8 @@ import numpy as np
 from pydantic import Field
 from transformers import DataCollatorWithFlattening
 
+from nlptasks.config import Section
 from nlptasks.errors import RecipeError, UserInputError
-from nlptasks.recipe import Section
 from nlptasks.tasks.base import Generation, Task
 
 PLAIN_CHAT_TEMPLATE = (

@@ -4,11 +4,11 @@ Rows: `document`, `summary`, and optionally `references`, several gold summaries
 document (DialogSum's test split has three; its `summary` is the first of them). Training uses
 `summary`; scoring uses `references` where a row has them, else `summary`.
 
-Metrics: ROUGE-1/2/L/Lsum F-measures on a 0-1 scale through the extractive task's `rouge` helper
-(rouge-score, Porter stemming; for Lsum the generated summary and the reference are split into
-one sentence per line), so both tasks score alike. With several references each ROUGE type takes
-its best reference, as rouge-score's `score_multi` does, and examples are averaged. `gen_len` is
-the mean generated length in tokens.
+Metrics: ROUGE-1/2/L/Lsum F-measures on a 0-1 scale through `metrics.rouge`, as the extractive
+task's (rouge-score, Porter stemming; for Lsum the generated summary and the reference are split
+into one sentence per line), so both tasks score alike. With several references each ROUGE type
+takes its best reference, as rouge-score's `score_multi` does, and examples are averaged.
+`gen_len` is the mean generated length in tokens.
 """
 
 from __future__ import annotations
@@ -17,15 +17,11 @@ from typing import Any
 
 import datasets
 
+from nlptasks.metrics.rouge import ROUGE_TYPES, rouge
 from nlptasks.tasks.base import Generation
-from nlptasks.tasks.extractive_summarization import (
-    SUMMARY_FEATURES,
-    check_summary_row,
-    gold_summaries,
-    rouge,
-    sentence_texts,
-)
 from nlptasks.tasks.seq2seq import Seq2SeqTask, gen_len
+from nlptasks.tasks.summary_rows import SUMMARY_FEATURES, check_summary_row, gold_summaries
+from nlptasks.text import sentence_texts
 
 
 class Summarization(Seq2SeqTask):
@@ -33,6 +29,7 @@ class Summarization(Seq2SeqTask):
     input_column = "document"
     target_column = "summary"
     main_metric = "rougeL"
+    headline_metrics = (*ROUGE_TYPES, "gen_len")
 
     @classmethod
     def features(cls) -> datasets.Features:

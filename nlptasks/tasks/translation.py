@@ -24,12 +24,11 @@ from typing import Any
 
 import datasets
 from pydantic import Field, model_validator
-from sacrebleu.metrics import BLEU, CHRF
 
 from nlptasks.errors import DataError
+from nlptasks.metrics.bleu import sacrebleu_scores
 from nlptasks.rundir import write_atomic
-from nlptasks.tasks.base import Generation
-from nlptasks.tasks.extractive_summarization import _nonblank
+from nlptasks.tasks.base import Generation, nonblank
 from nlptasks.tasks.seq2seq import Seq2SeqOptions, Seq2SeqTask, gen_len
 
 Pairs = list[dict[str, str]]
@@ -54,6 +53,7 @@ class Translation(Seq2SeqTask):
     input_column = "translation"
     target_column = "translation"
     main_metric = "bleu"
+    headline_metrics = ("bleu", "chrf", "gen_len")
     Options = TranslationOptions
     options: TranslationOptions
 
@@ -75,7 +75,7 @@ class Translation(Seq2SeqTask):
         texts = row["translation"]
         if not isinstance(texts, dict) or len(texts) < 2:
             raise ValueError(f"field 'translation' must map two or more language codes to texts, got {texts!r}")
-        pairs = [{"language": code, "text": _nonblank(text, f"translation.{code}")} for code, text in texts.items()]
+        pairs = [{"language": code, "text": nonblank(text, f"translation.{code}")} for code, text in texts.items()]
         return {"translation": pairs}
 
     def corpus(self, examples: datasets.Dataset) -> Iterator[str]:
@@ -97,26 +97,20 @@ class Translation(Seq2SeqTask):
 
     def score(self, examples: datasets.Dataset, predictions: list[Generation]) -> dict[str, float]:
         """`bleu` and `chrf` (sacreBLEU, 0-100) and `gen_len` (see the module docstring)."""
-        bleu, chrf = self._sacrebleu(examples, predictions)
-        return {"bleu": bleu["score"], "chrf": chrf["score"], "gen_len": gen_len(predictions)}
+        scores = self._sacrebleu(examples, predictions)
+        return {"bleu": scores["bleu"]["score"], "chrf": scores["chrf"]["score"], "gen_len": gen_len(predictions)}
 
     def write_artifacts(self, folder: Path, split: str, examples: datasets.Dataset, predictions: list[Any]) -> None:
         """`sacrebleu_<split>.json`: each metric's score, signature and sacreBLEU's own summary line."""
-        bleu, chrf = self._sacrebleu(examples, predictions)
-        write_atomic(folder / f"sacrebleu_{split}.json", json.dumps({"bleu": bleu, "chrf": chrf}, indent=1) + "\n")
+        scores = self._sacrebleu(examples, predictions)
+        write_atomic(folder / f"sacrebleu_{split}.json", json.dumps(scores, indent=1) + "\n")
 
-    def _sacrebleu(
-        self, examples: datasets.Dataset, predictions: list[Generation]
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _sacrebleu(self, examples: datasets.Dataset, predictions: list[Generation]) -> dict[str, dict[str, Any]]:
         hypotheses = [prediction.text for prediction in predictions]
         references = [
-            [_text_in(pairs, self.options.target_lang, index) for index, pairs in enumerate(examples["translation"])]
+            _text_in(pairs, self.options.target_lang, index) for index, pairs in enumerate(examples["translation"])
         ]
-        results = []
-        for metric in (BLEU(), CHRF()):
-            score = metric.corpus_score(hypotheses, references)
-            results.append({"score": score.score, "signature": str(metric.get_signature()), "line": str(score)})
-        return results[0], results[1]
+        return sacrebleu_scores(hypotheses, references)
 
     def empty_prediction(self) -> dict[str, Any]:
         """Nothing to translate: no translation is generated."""
