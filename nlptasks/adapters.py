@@ -76,11 +76,17 @@ def quantization(adaptation: Adaptation | None) -> dict[str, Any]:
         import bitsandbytes  # noqa: F401 - only to fail early with the install command
     except ImportError:
         raise RecipeError("method: qlora needs bitsandbytes: pip install 'nlptasks[quant]'") from None
-    if not torch.cuda.is_available():
-        # Dequantized copies at every use fragment glibc's heap up to full fine-tuning's size (SmolLM2:
-        # 3.4 GB vs 1.4 GB); the training core's periodic trim alone keeps speed, not memory (RESULTS.md).
-        heap.serve_large_blocks_by_mmap()
     return {"quantization_config": nf4(adaptation.compute_dtype), "dtype": adaptation.compute_dtype}
+
+
+def serve_large_blocks_by_mmap_for_4bit(adaptation: Adaptation | None) -> None:
+    """For QLoRA on the CPU, serve large blocks by mmap for the rest of the process (`heap`).
+
+    Dequantized copies of the 4-bit weights at every use fragment glibc's heap up to full
+    fine-tuning's size; the training core's periodic trim alone keeps the speed but not the memory.
+    """
+    if adaptation is not None and adaptation.quantized and not torch.cuda.is_available():
+        heap.serve_large_blocks_by_mmap()
 
 
 def nf4(compute_dtype: torch.dtype) -> BitsAndBytesConfig:

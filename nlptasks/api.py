@@ -15,6 +15,7 @@ from typing import Any
 from peft import PeftConfig
 
 from nlptasks import adapters, training
+from nlptasks.config import annotated, validate_section
 from nlptasks.data import load_splits
 from nlptasks.errors import DataError, UserInputError
 from nlptasks.predict import Predictor, read_texts
@@ -25,9 +26,9 @@ from nlptasks.recipe import (
     load_recipe,
     parse_overrides,
     set_dotted,
-    validate_section,
 )
 from nlptasks.rundir import RunDir, folder_megabytes, publish_folder, write_atomic, write_embeddings
+from nlptasks.tasks import task_for
 from nlptasks.training import RunResult
 
 
@@ -47,6 +48,19 @@ def run(
     if isinstance(recipe, Recipe):
         recipe = recipe.model_dump(mode="json")
     return training.run(load_recipe(recipe, merged), overwrite=overwrite)
+
+
+def validate(recipe: str | Path | dict[str, Any], overrides: dict[str, Any] | list[str] | None = None) -> Recipe:
+    """Check a recipe as `run` would before any work (schema, task options, model and dataset names)."""
+    loaded = load_recipe(recipe, overrides)
+    training.checked_task(loaded)
+    return loaded
+
+
+def describe(recipe: str | Path | dict[str, Any], overrides: dict[str, Any] | list[str] | None = None) -> str:
+    """The resolved recipe as YAML, each field with its documentation, `task_args` with the task's defaults."""
+    loaded = load_recipe(recipe, overrides)
+    return annotated(loaded, expand={"task_args": task_for(loaded).options})
 
 
 def load(run_dir: str | Path, **options: Any) -> Predictor:

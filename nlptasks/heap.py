@@ -35,7 +35,7 @@ def serve_large_blocks_by_mmap(threshold: int = 64 * 1024) -> None:
     """Serve blocks of `threshold` bytes and more by mmap, unmapped when freed, for the rest of the process.
 
     Fixing the threshold also stops glibc from raising it after each free. Costs a page fault per
-    large allocation: QLoRA on the CPU trains at about half the samples/s with it (RESULTS.md, issue 5).
+    large allocation: a trade of speed for memory, taken where memory is the point (QLoRA).
     """
     libc = _glibc()
     if libc is not None:

@@ -22,10 +22,12 @@ from transformers import AutoConfig, GenerationConfig
 
 from nlptasks import models
 from nlptasks.adapters import base_model_of, is_adapter_folder
+from nlptasks.attention import CrossAttention, cross_attention
+from nlptasks.config import validate_section
 from nlptasks.data import pad_batch
 from nlptasks.errors import UserInputError
 from nlptasks.models import generation
-from nlptasks.recipe import GenerationSettings, Recipe, load_recipe, validate_section
+from nlptasks.recipe import GenerationSettings, Recipe, load_recipe
 from nlptasks.rundir import RunDir
 from nlptasks.tasks import task_for
 from nlptasks.tasks.base import json_input, sorted_by_length
@@ -47,10 +49,21 @@ class Predictor:
         self.batch_size = batch_size
         self.chunk_size = chunk_size
         self.untrained = self.task.untrained_method(self.recipe.model)
-        if self.untrained is not None:
-            return  # a method without a model (Lead-k, TextRank): nothing to load
+        """A method without a model (Lead-k, TextRank), or None: then the attributes below hold the model."""
+        self.model: torch.nn.Module | None = None
+        self.tokenizer: Any = None
+        self.id2label: dict[int, str] = {}
+        self.label2id: dict[str, int] = {}
+        self._inputs: set[str] = set()
+        self._adapters: dict[str, _AdapterSettings] = {}
+        if self.untrained is None:
+            self._load_model()
+        if generation:
+            self.set_generation(**generation)
+
+    def _load_model(self) -> None:
         if not self.run_dir.model.is_dir():
-            raise UserInputError(f"{run_dir}: not a finished run directory (no model/)")
+            raise UserInputError(f"{self.run_dir.root}: not a finished run directory (no model/)")
         name = self.run_dir.root.name
         model, self.tokenizer = models.load(
             self.run_dir.model, self.task, quantized=self.recipe.method == "qlora", adapter_name=name
@@ -61,17 +74,16 @@ class Predictor:
         self.id2label = self.model.config.id2label
         self.label2id = {label: i for i, label in self.id2label.items()}
         self._inputs = set(inspect.signature(self.model.forward).parameters)
-        self._adapters: dict[str, _AdapterSettings] = {}
         if isinstance(self.model, PeftModel):
             self._adapters[name] = _AdapterSettings.of(self.run_dir.model)
-        if generation:
-            self.set_generation(**generation)
 
     def set_generation(self, **settings: Any) -> None:
         """Decode from now on with the recipe's `generation` settings changed by these (`num_beams=1`, ...).
 
         Lets one trained model be compared under greedy, beam and sampling decoding without retraining.
         """
+        if self.model is None:
+            raise UserInputError(f"{self.run_dir.root}: '{self.recipe.model}' is an untrained method; nothing decodes")
         values = {**self.recipe.generation.model_dump(), **settings}
         generation.configure(self.model, validate_section(GenerationSettings, values, "generation"))
 
@@ -88,7 +100,7 @@ class Predictor:
         """
         other = RunDir.read(run_dir)
         if not self._adapters:
-            raise UserInputError(f"{self.run_dir.root}: a fully fine-tuned run has no adapters to switch between")
+            raise UserInputError(f"{self.run_dir.root}: not an adapter run (method lora or qlora): no base to share")
         if not (other.recipe.is_file() and is_adapter_folder(other.model)):
             raise UserInputError(f"{run_dir}: not an adapter run (no recipe.yaml and model/adapter_config.json)")
         recipe = load_recipe(other.recipe)
@@ -177,34 +189,13 @@ class Predictor:
             return self.logits(features)
         return [
             generated
-            for batch in self._batches(features)
+            for batch in self.batches(features)
             for generated in generation.generations(self.tokenizer, generation.generate_ids(self.model, batch).numpy())
         ]
 
-    @torch.inference_mode()
     def cross_attention(self, text: str) -> CrossAttention:
-        """What an encoder-decoder generates for `text` and where each generated token looked in the input.
-
-        For attention heat maps: weights are (output tokens, input tokens), averaged over layers and heads.
-        """
-        if not (self.task.generates and self.model.config.is_encoder_decoder):
-            raise UserInputError("cross_attention: only an encoder-decoder model attends over an input it encoded")
-        model = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
-        if model.config._attn_implementation not in (None, "eager"):
-            model.set_attn_implementation("eager")  # fused kernels (sdpa, flash) never return their weights
-        features = self.task.featurize(self.task.examples_from_texts([text]), self.tokenizer, self.label2id)
-        [batch] = self._batches(features)
-        inputs = {key: batch[key] for key in generation.GENERATION_INPUTS}
-        generated = generation.generate_ids(self.model, inputs)
-        layers = self.model(**inputs, labels=generated, output_attentions=True).cross_attentions
-        per_layer = [layer.float().mean(1) if layer.dim() == 4 else layer.float() for layer in layers]  # heads averaged
-        present = inputs["attention_mask"][0].bool()  # batches may be padded (to a multiple of 8 on a GPU)
-        return CrossAttention(
-            input_tokens=self.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0][present].tolist()),
-            output_tokens=self.tokenizer.convert_ids_to_tokens(generated[0].tolist()),
-            weights=torch.stack(per_layer).mean(0)[0][:, present].numpy(),
-            text=generation.generations(self.tokenizer, generated.numpy())[0].text,
-        )
+        """What an encoder-decoder generates for `text` and where each generated token looked in the input."""
+        return cross_attention(self, text)
 
     @torch.inference_mode()
     def logits(self, features: datasets.Dataset) -> np.ndarray | tuple[np.ndarray, ...]:
@@ -213,14 +204,14 @@ class Predictor:
         One output (`logits`) comes back as an array, several (QA: start and end logits) as a tuple.
         """
         outputs: dict[str, list[np.ndarray]] = {name: [] for name in self.task.output_names}
-        for batch in self._batches(features):
+        for batch in self.batches(features):
             output = self.model(**batch)
             for name, kept in outputs.items():
                 kept.extend(output[name].float().numpy())
         stacked = [_stack_padded(kept) for kept in outputs.values()]
         return stacked[0] if len(stacked) == 1 else tuple(stacked)
 
-    def _batches(self, features: datasets.Dataset) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(self, features: datasets.Dataset) -> Iterator[dict[str, torch.Tensor]]:
         """Padded batches of the features' model inputs (bookkeeping fields left out), in order.
 
         Labels are left out too, except for a generating task: a decoder's prompt ends where its labels begin.
@@ -231,17 +222,6 @@ class Predictor:
         pad_values = self.task.pad_values(self.tokenizer)
         for start in range(0, len(rows), self.batch_size):
             yield pad_batch(list(rows.select(range(start, min(start + self.batch_size, len(rows))))), pad_values)
-
-
-@dataclass(frozen=True)
-class CrossAttention:
-    """An encoder-decoder's output for one input and its attention over that input's tokens."""
-
-    input_tokens: list[str]
-    output_tokens: list[str]
-    weights: np.ndarray
-    """(output tokens, input tokens); each row sums to 1."""
-    text: str
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from nlptasks.config import Section, SectionT, explain
 from nlptasks.errors import RecipeError, did_you_mean
+from nlptasks.tasks import TASKS
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -36,23 +38,17 @@ def _load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
 
 
-class Section(BaseModel):
-    """Base for every recipe section: unknown keys are errors, never silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-SectionT = TypeVar("SectionT", bound=Section)
-
-
 class DataConfig(Section):
     name: str | None = None
     """Catalog dataset name (`conll2003`, `sst2`, ...); local files below take precedence."""
     train_name: str | None = None
     """Catalog dataset whose train split replaces `name`'s (SimCSE: Wikipedia sentences, scored on STS-B)."""
     train_file: Path | None = None
+    """A local file (JSON Lines, JSON, CSV/TSV, CoNLL columns) for the train split; replaces `name`'s files."""
     validation_file: Path | None = None
+    """A local file for the validation split; unset with `train_file`: held out of train (`validation_fraction`)."""
     test_file: Path | None = None
+    """A local file for the test split."""
     txt_format: Literal["conll", "lines"] = "conll"
     """How `.txt` files read: CoNLL columns, or `lines` of plain text, one input each (other suffixes: by suffix)."""
     text_column: str | None = None
@@ -62,7 +58,9 @@ class DataConfig(Section):
     columns: dict[str, str] = {}
     """Renames from the file's columns to the task's, e.g. `{sentence1: text, sentence2: text_pair}`."""
     max_train_samples: int | None = Field(default=None, gt=0)
+    """Train on the first this many training examples only (quick runs)."""
     max_eval_samples: int | None = Field(default=None, gt=0)
+    """Score the first this many examples of each evaluated split only."""
     max_length: int = Field(default=128, gt=8)
     """Longest input in tokens; longer inputs are split into overlapping windows, never cut."""
     stride: int = Field(default=32, ge=0)
@@ -70,6 +68,7 @@ class DataConfig(Section):
     validation_fraction: float = Field(default=0.1, gt=0, lt=1)
     """Share of train held out for validation when the data has no validation split."""
     split_seed: int = 42
+    """Seed of the held-out validation split (and of the packaged data's splits)."""
     bad_rows: Literal["error", "skip"] = "error"
     """A row failing the task's checks stops the run, naming file, line and field; `skip` logs it, leaves it
     out and counts it (`data_skipped_rows` in the metrics and summary). Unreadable files still stop the run."""
@@ -87,11 +86,17 @@ class TrainConfig(Section):
     max_steps: int = -1
     """Stop after this many optimizer steps; -1 means run `epochs` epochs."""
     batch_size: int = Field(default=32, gt=0)
+    """Training examples per step and process."""
     eval_batch_size: int = Field(default=128, gt=0)
+    """Examples per evaluation or generation batch."""
     gradient_accumulation_steps: int = Field(default=1, gt=0)
+    """Batches whose gradients add up to one optimizer step."""
     learning_rate: float = Field(default=5e-5, gt=0)
+    """The peak learning rate (after warm-up)."""
     weight_decay: float = Field(default=0.01, ge=0)
+    """Decoupled weight decay (AdamW) or L2 (Adafactor, SGD)."""
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    """Share of the steps over which the rate rises from 0 to `learning_rate`."""
     lr_scheduler: str = "linear"
     """A transformers `SchedulerType`; `warmup_stable_decay` holds the rate, then decays it over `decay_ratio`."""
     decay_ratio: float = Field(default=0.1, gt=0, le=1)
@@ -103,20 +108,27 @@ class TrainConfig(Section):
     max_grad_norm: float = Field(default=1.0, ge=0)
     """Gradients are rescaled to at most this norm before each step; 0 turns clipping off (the norm is still logged)."""
     seed: int = 42
+    """Seed of initialisation, dropout and batch order: the same seed reproduces a run."""
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    """`auto` picks bf16 where the CPU or GPU computes it natively (≈1.4× faster here)."""
+    """`auto` picks bf16 where the CPU or GPU computes it natively (faster, at bf16's rounding)."""
     group_by_length: bool = True
     """Batch inputs of similar length together so dynamic padding wastes little compute."""
     eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
+    """When validation is scored during training (and checkpoints saved); `no`: once, after training."""
     eval_steps: int | None = Field(default=None, gt=0)
+    """With `eval_strategy: steps`: every this many optimizer steps."""
     metric_for_best_model: str | None = None
     """Validation metric that picks the checkpoint kept; the task's main metric when unset."""
     early_stopping_patience: int | None = Field(default=None, gt=0)
+    """Stop after this many evaluations without a better validation metric (unset: never)."""
     logging_steps: int = Field(default=50, gt=0)
+    """Log the training loss, rate and gradient norm every this many steps."""
     save_total_limit: int = Field(default=2, gt=0)
+    """Checkpoints kept (the best one is always among them)."""
     resume: bool = True
     """Continue from the last checkpoint in the run directory when one exists."""
     num_workers: int = Field(default=0, ge=0)
+    """Data loader worker processes (0: batches are made in the training process)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory for about a third more time."""
     trim_memory_every: int | None = Field(default=10, gt=0)
@@ -136,6 +148,7 @@ class EvalConfig(Section):
     splits: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]] = ["validation", "test"]
     """Splits scored after training (those the data lacks are skipped); names become file names, so no paths."""
     write_predictions: bool = True
+    """Write each scored split's predictions to `predictions/<split>.jsonl`."""
     before_training: bool = False
     """Also score the splits with the model as built, before any training (recorded as `<split>_untrained`)."""
 
@@ -186,6 +199,7 @@ class AdapterOptions(Section):
     alpha: float = Field(default=16, gt=0)
     """Scale of the update (alpha / r multiplies it)."""
     dropout: float = Field(default=0.05, ge=0, lt=1)
+    """Dropout on the input of each low-rank update."""
     target_modules: list[str] | None = None
     """Names (or dotted suffixes) of the linear layers adapted; unset: the architecture's projections."""
     modules_to_save: list[str] | None = None
@@ -193,45 +207,47 @@ class AdapterOptions(Section):
 
 
 class Recipe(Section):
+    """A run: which task, which model trained how, on which data, evaluated and decoded how."""
+
     description: str = ""
+    """One line on what the recipe does (`nlptasks recipes` lists it)."""
     name: str | None = None
     """The run's name: its directory is `runs/<name>` unless `output_dir` says otherwise. Unset, it is the
     recipe's own name (`ner/minilm-lora` -> `ner-minilm-lora`, a recipe file -> its stem)."""
     task: str
+    """ner | classification | qa | extractive-summarization | summarization | translation | sentence-embedding."""
     model: str
+    """An alias (`minilm-l6`, `bilstm`, `t5-mini`, ...), a Hub id (`bert-base-cased`) or a local folder."""
     model_args: dict[str, Any] = {}
     """Settings of the model builder (recurrent baseline sizes, dropout, ...)."""
     method: Literal["full", "lora", "qlora"] = "full"
     """`full` trains every weight; `lora` low-rank adapters and the task head (`adapter` section);
     `qlora` the same over base weights held in 4-bit NF4 (bitsandbytes)."""
     adapter: AdapterOptions = AdapterOptions()
+    """LoRA settings, read with `method: lora | qlora`."""
     task_args: dict[str, Any] = {}
     """Settings only one task understands (validated by that task)."""
     output_dir: Path | None = None
     """The run directory; unset: `runs/<name>`."""
     data: DataConfig = DataConfig()
+    """Where the examples come from and how long an input may be."""
     train: TrainConfig = TrainConfig()
+    """The optimizer, its schedule and the training loop (the `transformers` Trainer's settings)."""
     eval: EvalConfig = EvalConfig()
+    """What is scored after training."""
     generation: GenerationSettings = GenerationSettings()
+    """Decoding, for the tasks that generate text."""
 
     @field_validator("task")
     @classmethod
     def _known_task(cls, name: str) -> str:
-        from nlptasks.tasks import TASKS
-
         if name not in TASKS:
             raise ValueError(f"unknown task '{name}'{did_you_mean(name, TASKS)}; known: {', '.join(TASKS)}")
         return name
 
     @model_validator(mode="after")
-    def _negatives_come_from_the_batch(self) -> Recipe:
-        from nlptasks.tasks import TASKS
-
-        if TASKS[self.task].in_batch_negatives and self.train.gradient_accumulation_steps > 1:
-            raise ValueError(
-                f"train.gradient_accumulation_steps: {self.task} draws its negatives from one batch, so "
-                "accumulating batches adds none (no gradient cache here); raise train.batch_size instead"
-            )
+    def _as_its_task_needs(self) -> Recipe:
+        TASKS[self.task].check_recipe(self)
         return self
 
     @property
@@ -344,7 +360,7 @@ def load_recipe(
         return schema.model_validate(raw)
     except ValidationError as err:
         header = f"{origin}: invalid recipe" + (" (after the --set overrides)" if overrides else "")
-        raise RecipeError(_explain(err, header, schema)) from None
+        raise RecipeError(explain(err, header, schema)) from None
 
 
 def dump_recipe(recipe: Section) -> str:
@@ -368,20 +384,31 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _resolve_extends(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-    """Load a recipe, deep-merging it over the base recipe it `extends` (paths relative to it)."""
+    """Load a recipe, deep-merged over what it `extends`: one base or a list of fragments, merged in order.
+
+    Paths are relative to the recipe. A base's `name` is not inherited: a run is named after the
+    recipe asked for.
+    """
     path = path.resolve()
     if path in seen:
         raise RecipeError(f"{path}: `extends` forms a cycle: {' -> '.join(map(str, seen + (path,)))}")
     raw = _read_yaml(path)
-    base_name = raw.pop("extends", None)
-    if base_name is None:
+    bases = raw.pop("extends", None)
+    if bases is None:
         return raw
-    base_path = (path.parent / base_name) if not Path(base_name).is_absolute() else Path(base_name)
-    if not base_path.is_file():
-        raise RecipeError(f"{path}: extends: file not found: {base_path}")
-    base = _resolve_extends(base_path, seen + (path,))
-    base.pop("name", None)  # a run is named after the recipe that was asked for, not the one it extends
-    return _deep_merge(base, raw)
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(base, str) for base in bases):
+        raise RecipeError(f"{path}: extends: a recipe file or a list of them, got {bases!r}")
+    merged: dict[str, Any] = {}
+    for base_name in bases:
+        base_path = path.parent / base_name
+        if not base_path.is_file():
+            raise RecipeError(f"{path}: extends: file not found: {base_path}")
+        base = _resolve_extends(base_path, seen + (path,))
+        base.pop("name", None)
+        merged = _deep_merge(merged, base)
+    return _deep_merge(merged, raw)
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -418,35 +445,3 @@ def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
             raise RecipeError(f"--set {dotted}: '{part}' is a value, not a section")
         node = child
     node[leaf] = value
-
-
-def _explain(err: ValidationError, header: str, model: type[BaseModel], prefix: tuple[str, ...] = ()) -> str:
-    """One line per problem: the dotted key, what is wrong, and a suggestion when one fits."""
-    lines = [header]
-    for problem in err.errors():
-        loc = [str(part) for part in problem["loc"]]
-        key = ".".join([*prefix, *loc])
-        if problem["type"] == "extra_forbidden":
-            allowed = _fields_at(model, loc[:-1])
-            lines.append(f"  {key}: unknown key{did_you_mean(loc[-1], allowed)}; allowed: {', '.join(allowed)}")
-        else:
-            message = problem["msg"].removeprefix("Value error, ")
-            lines.append(f"  {key}: {message} (got {problem.get('input')!r})")
-    return "\n".join(lines)
-
-
-def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
-    for part in loc:
-        annotation = model.model_fields[part].annotation
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        model = annotation
-    return list(model.model_fields)
-
-
-def validate_section(options_model: type[Section], values: dict[str, Any], section: str) -> Section:
-    """Validate a free-form section (`task_args`, `model_args`) against its owner's schema."""
-    try:
-        return options_model.model_validate(values)
-    except ValidationError as err:
-        raise RecipeError(_explain(err, f"recipe section `{section}` is invalid", options_model, (section,))) from None

@@ -30,29 +30,27 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import yaml
 
 from nlptasks.errors import UserInputError
-
-if TYPE_CHECKING:
-    from nlptasks.recipe import Recipe
 
 log = logging.getLogger("nlptasks")
 CHECKPOINT_PREFIX = "checkpoint"
 
 
 class RunDir:
+    """The paths of one run directory. Constructing one reads, never changes, the disk."""
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.recipe = self.root / "recipe.yaml"
         self.metrics = self.root / "metrics.json"
         self.predictions = self.root / "predictions"
-        self.model = self.root / "model"
-        restore_interrupted(self.model)
+        self.model = published(self.root / "model")
         if not self.model.is_dir() and (self.root / "config.json").is_file():
             self.model = self.root  # an exported model (`nlptasks export`): weights and recipe.yaml side by side
         self.checkpoints = self.root / "checkpoints"
@@ -113,22 +111,26 @@ class Claim:
             self._lock = None
 
 
-def claim(recipe: Recipe, overwrite: bool = False, main: bool = True) -> Claim:
-    """Take the recipe's run directory for training, or stop before changing anything in it.
+Differences = Callable[[dict[str, Any]], list[tuple[str, Any, Any]]]
+"""(key, stored value, new value) for each setting a stored `recipe.yaml` has that the run may not change."""
 
-    Stops (exit 2) when a live process holds the folder, or when the folder holds a run of another
-    recipe with a checkpoint or results (each differing setting named) and `overwrite` is off. With `overwrite` the old contents
-    move aside to `.<name>-previous` and are removed by `Claim.commit`; a run killed before that is
-    undone by the next claim, and readers (`RunDir.read`) see the old run meanwhile.
-    Only the main process of a distributed job (`main`) checks, moves and locks; the others follow it.
+
+def claim(root: Path, differences: Differences, overwrite: bool = False, main: bool = True) -> Claim:
+    """Take `root` for training, or stop before changing anything in it.
+
+    Stops (exit 2) when a live process holds the folder, or when the folder holds a run with a
+    checkpoint or results whose recipe `differences` finds changed (each setting named) and
+    `overwrite` is off. With `overwrite` the old contents move aside to `.<name>-previous` and are
+    removed by `Claim.commit`; a run killed before that is undone by the next claim, and readers
+    (`RunDir.read`) see the old run meanwhile. Only the main process of a distributed job (`main`)
+    checks, moves and locks; the others follow it.
     """
-    root = Path(recipe.run_dir)
     if not main:
         return Claim(RunDir(root).create(), None, None)
     _lock(root / LOCK_FILE, create=False)
     _finish_interrupted_overwrite(root)
     if not overwrite:
-        _refuse_another_recipe(root, recipe)
+        _refuse_another_recipe(root, differences)
     previous = None
     if overwrite and root.is_dir() and any(root.iterdir()):
         previous = _moved_aside(root)
@@ -174,9 +176,7 @@ def _lock(path: Path, create: bool) -> IO[str] | None:
     return handle
 
 
-def _refuse_another_recipe(root: Path, recipe: Recipe) -> None:
-    from nlptasks.recipe import changed_settings
-
+def _refuse_another_recipe(root: Path, differences: Differences) -> None:
     stored_file = root / "recipe.yaml"
     if not stored_file.is_file() or not _committed(root):
         return  # a run that stopped before its first checkpoint has nothing another recipe could mix with
@@ -184,9 +184,9 @@ def _refuse_another_recipe(root: Path, recipe: Recipe) -> None:
         stored = yaml.safe_load(stored_file.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise UserInputError(f"{stored_file}: unreadable ({err}); --overwrite starts this folder afresh") from None
-    differences = changed_settings(stored, recipe)
-    if differences:
-        lines = "\n".join(f"  {key}: {old!r} there, {new!r} now" for key, old, new in differences)
+    changed = differences(stored)
+    if changed:
+        lines = "\n".join(f"  {key}: {old!r} there, {new!r} now" for key, old, new in changed)
         raise UserInputError(
             f"{root} holds a run of another recipe; resuming it would mix two runs. Settings that differ:\n{lines}\n"
             "Start that folder afresh with --overwrite (Python: overwrite=True), "
@@ -228,7 +228,7 @@ def _finished_save(checkpoint: Path) -> bool:
 def publish_folder(target: Path, save: Any) -> None:
     """Save through `save(folder)` into a fresh folder beside `target`, then swap it in: never a half-written folder.
 
-    Readers call `restore_interrupted` first (the next publish does too).
+    Readers find the folder through `published`; the next publish puts it back in place.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     old = restore_interrupted(target)
@@ -242,6 +242,12 @@ def publish_folder(target: Path, save: Any) -> None:
         target.rename(old)
     staging.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def published(target: Path) -> Path:
+    """The folder to read for `target`: itself, or the copy a publish killed between its two renames left."""
+    old = target.with_name(f".{target.name}-old")
+    return old if old.is_dir() and not target.exists() else target
 
 
 def restore_interrupted(target: Path) -> Path:

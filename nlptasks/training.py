@@ -36,9 +36,9 @@ from nlptasks import adapters, catalog, heap, models
 from nlptasks.data import load_splits, pad_batch
 from nlptasks.errors import DataError, TrainingDiverged
 from nlptasks.models import generation
-from nlptasks.recipe import Recipe, dump_recipe
+from nlptasks.recipe import Recipe, changed_settings, dump_recipe
 from nlptasks.rundir import Claim, RunDir, claim, folder_megabytes, write_atomic
-from nlptasks.tasks import task_for
+from nlptasks.tasks import headline_scores, task_for
 from nlptasks.tasks.base import Task, lengths_of, sorted_by_length
 
 log = logging.getLogger("nlptasks")
@@ -229,9 +229,9 @@ class TrimFreedMemory(TrainerCallback):
     evaluation batches.
 
     Tensors of every size, as length-grouped batches make them, fragment glibc's heap: freed blocks
-    stay resident because new ones do not fit them. T5-mini on DialogSum held 0.85 GB of live blocks
-    in a 5.7 GB heap after 160 steps, and a full run peaked at 13 GB. A trim costs page faults when
-    the pages are used again, which is why it is not done every step (RESULTS.md, issue 10).
+    stay resident because new ones do not fit them, and a long run's heap grows to many times its
+    live memory. A trim costs page faults when the pages are used again, which is why it is not done
+    every step.
     """
 
     def __init__(self, every: int) -> None:
@@ -283,20 +283,27 @@ def run(recipe: Recipe, overwrite: bool = False) -> RunResult:
 
     A folder holding another recipe's run is refused unless `overwrite` (see `rundir.claim`).
     """
+    task = checked_task(recipe)
+    args = training_arguments(recipe, RunDir(recipe.run_dir), task)
+    with args.main_process_first(local=False, desc="run directory"):
+        held = claim(recipe.run_dir, partial(changed_settings, recipe=recipe), overwrite, args.process_index == 0)
+    try:
+        with _logging_to(held.run_dir.logs / "train.log"):
+            return _train_and_evaluate(recipe, task, args, held)
+    finally:
+        held.release()
+
+
+def checked_task(recipe: Recipe) -> Task:
+    """The recipe's task, once everything checkable without loading data or weights is checked:
+    its task options, that its model and dataset names resolve."""
     task = task_for(recipe)
     catalog.check_model(recipe.model)
     if recipe.data.name and not recipe.data.train_file:
         catalog.check_dataset(recipe.data.name)
     if recipe.data.train_name:
         catalog.check_dataset(recipe.data.train_name)
-    args = training_arguments(recipe, RunDir(recipe.run_dir), task)
-    with args.main_process_first(local=False, desc="run directory"):
-        held = claim(recipe, overwrite, main=args.process_index == 0)
-    try:
-        with _logging_to(held.run_dir.logs / "train.log"):
-            return _train_and_evaluate(recipe, task, args, held)
-    finally:
-        held.release()
+    return task
 
 
 def _train_and_evaluate(recipe: Recipe, task: Task, args: TrainingArguments, held: Claim) -> RunResult:
@@ -305,13 +312,18 @@ def _train_and_evaluate(recipe: Recipe, task: Task, args: TrainingArguments, hel
     if args.process_index == 0:
         write_atomic(run_dir.recipe, dump_recipe(recipe))
     log.info(
-        "process %d of %d, precision %s", args.process_index, args.world_size, resolve_precision(recipe.train.precision)
+        "%s: process %d of %d, precision %s",
+        run_dir.root,
+        args.process_index,
+        args.world_size,
+        resolve_precision(recipe.train.precision),
     )
     set_seed(recipe.train.seed)
 
     with args.main_process_first(desc="data"):
         splits = load_splits(recipe.data, task)
         splits["train"] = task.training_examples(splits["train"])
+    log.info("data: %s examples", ", ".join(f"{name} {len(split):,}" for name, split in splits.items()))
     untrained = task.untrained_method(recipe.model)
     if untrained is not None:
         result = _run_untrained(recipe, task, untrained, splits, run_dir, main=args.process_index == 0)
@@ -319,9 +331,12 @@ def _train_and_evaluate(recipe: Recipe, task: Task, args: TrainingArguments, hel
         return result
     labels = _labels(task, splits)
     adaptation = _adaptation(recipe)
+    adapters.serve_large_blocks_by_mmap_for_4bit(adaptation)
     with args.main_process_first(desc="model"):  # a tokenizer learnt from the data is learnt once, by the main process
         model, tokenizer = models.build(recipe.model, recipe.model_args, task, labels, splits["train"], adaptation)
     model = task.wrap_model(model)
+    trained, total = parameter_counts(model)
+    log.info("model: %s, %s: %s of %s parameters trained", recipe.model, recipe.method, f"{trained:,}", f"{total:,}")
     if names := getattr(splits, "label_names", None):  # saved in config.json: what a file's integer label means
         model.config.data_label_names = names
     checkpoint = last_complete_checkpoint(run_dir) if recipe.train.resume else None
@@ -397,12 +412,19 @@ def footprint(model: torch.nn.Module, saved: Path) -> dict[str, float]:
 
     The saved size is the run's `model/` folder: an adapter run's is the adapter and heads only.
     """
+    trainable, total = parameter_counts(model)
     return {
-        "trainable_parameters": sum(_count(p) for p in model.parameters() if p.requires_grad),
-        "total_parameters": sum(_count(p) for p in model.parameters()),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
         "model_megabytes": folder_megabytes(saved),
         "peak_rss_megabytes": heap.peak_rss_megabytes(),
     }
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) weights."""
+    counts = [(_count(p), p.requires_grad) for p in model.parameters()]
+    return sum(n for n, trains in counts if trains), sum(n for n, _ in counts)
 
 
 def _count(parameter: torch.nn.Parameter) -> int:
@@ -484,6 +506,7 @@ def evaluate_split(
 ) -> dict[str, float]:
     """Score one split through the task's decoding; write its predictions when a run dir is given."""
     started = time.perf_counter()
+    log.info("scoring %s: %s examples", split, f"{len(examples):,}")
     outputs = task_outputs(task, trainer.processing_class, trainer.predict(features).predictions)
     predictions = task.decode(examples, features, outputs, trainer.model.config.id2label)
     return record_split(
@@ -641,7 +664,8 @@ def summary(recipe: Recipe, metrics: dict[str, dict[str, float]]) -> str:
     ]
     for split, values in metrics.items():
         if split != "train":
-            lines += [f"| {split} | {name} | {value:.4f} |" for name, value in values.items() if "_" not in name]
+            shown = headline_scores(recipe.task, values)
+            lines += [f"| {split} | {name} | {value:.4f} |" for name, value in shown.items()]
     return "\n".join(lines) + "\n"
 
 

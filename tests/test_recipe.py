@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from nlptasks.api import describe
 from nlptasks.cli import main
 from nlptasks.errors import RecipeError
 from nlptasks.rag.settings import RagRecipe
 from nlptasks.recipe import RECIPES_DIR, Recipe, load_recipe, shipped_recipes
+from nlptasks.tasks import task_for
 
 TRAINING_RECIPES = [name for name, _ in shipped_recipes() if not name.startswith("rag/")]
 
@@ -134,3 +136,48 @@ def test_settings_that_only_fail_mid_training_fail_at_load() -> None:
         load_recipe("ner/minilm", {"train.early_stopping_patience": 2, "train.eval_strategy": "no"})
     with pytest.raises(RecipeError, match="needs eval_steps"):
         load_recipe("ner/minilm", {"train.eval_strategy": "steps"})
+
+
+def test_extends_takes_a_list_of_fragments_merged_in_order(tmp_path: Path) -> None:
+    write(tmp_path / "base.yaml", "name: base\ntask: ner\nmodel: minilm-l6\ntrain: {epochs: 5, batch_size: 8}\n")
+    write(tmp_path / "fragment.yaml", "model: t5-mini\ntrain: {optimizer: adafactor, batch_size: 16}\n")
+    child = write(tmp_path / "child.yaml", "extends: [base.yaml, fragment.yaml]\ntrain: {epochs: 1}\n")
+    recipe = load_recipe(child)
+    assert (recipe.model, recipe.train.optimizer, recipe.train.batch_size, recipe.train.epochs) == (
+        "t5-mini",
+        "adafactor",
+        16,
+        1,
+    )
+    assert recipe.name == "child"  # named after the recipe asked for, not a base
+    with pytest.raises(RecipeError, match="extends: a recipe file or a list of them"):
+        load_recipe(write(tmp_path / "bad.yaml", "extends: {base: base.yaml}\n"))
+
+
+def test_the_t5_recipes_share_one_from_scratch_fragment() -> None:
+    for task in ("classification", "ner", "qa", "summarization", "translation"):
+        recipe = load_recipe(f"{task}/t5")
+        assert (recipe.model, recipe.train.optimizer, recipe.train.lr_scheduler) == (
+            "t5-mini",
+            "adafactor",
+            "warmup_stable_decay",
+        )
+        assert "_t5-from-scratch.yaml" in (RECIPES_DIR / task / "t5.yaml").read_text()
+
+
+@pytest.mark.parametrize("name", TRAINING_RECIPES)
+def test_show_prints_every_shipped_recipe_documented_and_loadable_as_it_prints(name: str, tmp_path: Path) -> None:
+    shown = describe(name)
+    assert "# Longest input in tokens" in shown and "# The peak learning rate" in shown
+    reloaded = load_recipe(write(tmp_path / "shown.yaml", shown))
+    assert reloaded == load_recipe(name).model_copy(update={"task_args": reloaded.task_args})
+    assert task_for(reloaded).options == task_for(load_recipe(name)).options
+
+
+def test_validate_checks_without_running(capsys: pytest.CaptureFixture) -> None:
+    assert main(["validate", "ner/minilm-lora"]) == 0
+    assert "valid (ner, minilm-l6, lora; runs into runs/ner-minilm-lora)" in capsys.readouterr().out
+    assert main(["validate", "ner/minilm", "--set", "task_args.label_all_subword=true"]) == 2
+    assert "did you mean 'label_all_subwords'" in capsys.readouterr().err
+    assert main(["validate", "ner/minilm", "--set", "model=./nowhere/model"]) == 2
+    assert "folder not found" in capsys.readouterr().err

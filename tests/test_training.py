@@ -250,11 +250,11 @@ def test_a_model_folder_whose_swap_was_killed_between_its_renames_is_put_back(tm
     (tmp_path / ".model-old").mkdir()
     (tmp_path / ".model-old" / "config.json").write_text("{}")
     assert (RunDir(tmp_path).model / "config.json").is_file()
+    assert not (tmp_path / "model").exists(), "a reader moved folders on disk"
 
     def save_fails(folder: Path) -> None:
         raise OSError("disk full")
 
-    (tmp_path / "model").rename(tmp_path / ".model-old")
     with pytest.raises(OSError, match="disk full"):
         publish_folder(tmp_path / "model", save_fails)
     assert (tmp_path / "model" / "config.json").is_file()  # a failing save still leaves the previous model

@@ -1,0 +1,48 @@
+"""What a person at a terminal sees: a line per phase of the work and the warnings that matter.
+
+The libraries underneath speak to a developer: transformers' load report for the task head a
+fine-tune is meant to add, progress bars for a one-line `predict`, deprecation notices, a kernel
+hub's offline notice. The CLI hides those unless `--verbose`; a run's `logs/train.log` keeps them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+
+HANDLER_NAME = "nlptasks-console"
+QUIET_LIBRARIES = ("transformers", "datasets", "peft", "kernels", "huggingface_hub", "accelerate", "bitsandbytes")
+
+
+def configure(verbose: bool) -> None:
+    """Show nlptasks' own lines on stderr; below errors, the libraries speak only when `verbose`."""
+    ours = logging.getLogger("nlptasks")
+    for old in [h for h in ours.handlers if h.get_name() == HANDLER_NAME]:
+        ours.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(HANDLER_NAME)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    if verbose:
+        return
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    datasets.utils.logging.disable_progress_bar()
+    for name in QUIET_LIBRARIES:
+        library = logging.getLogger(name)
+        library.setLevel(max(library.getEffectiveLevel(), logging.ERROR))
+        for terminal in [h for h in library.handlers if _writes_to_terminal(h)]:
+            terminal.setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def _writes_to_terminal(handler: logging.Handler) -> bool:
+    """A library's own console handler, not a file's or a test harness's that someone else attached."""
+    stream = getattr(handler, "stream", None)
+    return not isinstance(handler, logging.FileHandler) and stream in (sys.stderr, sys.__stderr__, sys.stdout)
