@@ -19,13 +19,14 @@ from test_generation import PAIRS, pairs_to_learn_by_heart, recipe
 from transformers import LlamaForCausalLM
 
 import nlptasks
+from nlptasks.chat import PLAIN_CHAT_TEMPLATE
 from nlptasks.cli import main
 from nlptasks.data import load_splits, pad_batch
 from nlptasks.errors import RecipeError
 from nlptasks.models import load_tokenizer
 from nlptasks.models.generation import configure, generate_ids, generations
 from nlptasks.recipe import DataConfig, GenerationSettings
-from nlptasks.tasks.seq2seq import PLAIN_CHAT_TEMPLATE, pack_examples
+from nlptasks.tasks.seq2seq import pack_examples
 from nlptasks.tasks.translation import Translation, TranslationOptions
 
 translation_files = test_generation.translation_files

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import torch
 
+from nlptasks.chat import prompt_frame
 from nlptasks.errors import UserInputError
 from nlptasks.metrics.squad import normalize_answer
 from nlptasks.rag.retrieve import Hit
@@ -51,7 +52,6 @@ class DecoderGenerator:
 
         from nlptasks.catalog import resolve_model
         from nlptasks.models.generation import configure
-        from nlptasks.tasks.seq2seq import prompt_frame
 
         location = resolve_model(settings.generator).location
         self.tokenizer = AutoTokenizer.from_pretrained(location)

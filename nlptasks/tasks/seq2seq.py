@@ -9,7 +9,7 @@ Two model families learn it, and this module is the one place that tells them ap
 - A **decoder-only** causal LM (SmolLM2) reads prompt and target as one sequence and learns only
   the target's positions (the prompt's labels are -100). The prompt is the tokenizer's chat
   template around one user turn, `prefix + source` (the prefix as the instruction), ending where
-  the assistant's answer begins; a tokenizer without a chat template gets `PLAIN_CHAT_TEMPLATE`.
+  the assistant's answer begins; a tokenizer without a chat template gets `chat.PLAIN_CHAT_TEMPLATE`.
   `data.max_length` bounds the prompt, and only the source is cut to fit it, never the template or
   the instruction; the target has its own room. With `task_args.packing` each training batch is
   one sequence without padding (`pack_examples`).
@@ -37,17 +37,10 @@ import numpy as np
 from pydantic import Field
 from transformers import DataCollatorWithFlattening
 
+from nlptasks.chat import prompt_frame
 from nlptasks.config import Section
 from nlptasks.errors import RecipeError, UserInputError
 from nlptasks.tasks.base import Generation, Task
-
-PLAIN_CHAT_TEMPLATE = (
-    "{{ bos_token or '' }}{% for message in messages %}{{ message['content'] }}"
-    "{% if message['role'] == 'user' %}{{ '\\n\\n' }}{% else %}{{ eos_token }}{% endif %}{% endfor %}"
-)
-"""A decoder's prompt where its tokenizer has no chat template: the user turn, a blank line, then the answer."""
-SOURCE_SLOT = "\x00source\x00"
-"""Stands for the source while the chat template is rendered, so that the source can be cut alone."""
 
 
 class Seq2SeqOptions(Section):
@@ -186,31 +179,6 @@ def _end_of_sequence(tokenizer: Any) -> int:
             f"model: the tokenizer ({type(tokenizer).__name__}) has no end-of-sequence token to end targets with"
         )
     return tokenizer.eos_token_id
-
-
-def prompt_frame(tokenizer: Any, instruction: str) -> tuple[list[int], list[int]]:
-    """Token ids of a decoder's prompt before and after the source.
-
-    The prompt is the chat template around one user turn, `instruction + source`, plus the
-    template's generation prompt (where the assistant's answer begins). Rendering it around a
-    placeholder and tokenizing the two sides apart lets a long source be cut alone. A tokenizer
-    without a chat template is given `PLAIN_CHAT_TEMPLATE`, and saved with it in the run's `model/`,
-    so the model prompts the same way under bare `transformers`.
-    """
-    if tokenizer.chat_template is None:
-        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
-    message = {"role": "user", "content": instruction + SOURCE_SLOT}
-    text = tokenizer.apply_chat_template([message], tokenize=False, add_generation_prompt=True)
-    if text.count(SOURCE_SLOT) != 1:
-        raise RecipeError(
-            f"model: the chat template of {tokenizer.name_or_path} does not render the user's message as given, "
-            "so there is no place to put the source in the prompt"
-        )
-    head, _, tail = text.partition(SOURCE_SLOT)
-    return (
-        tokenizer(head, add_special_tokens=False)["input_ids"],
-        tokenizer(tail, add_special_tokens=False)["input_ids"],
-    )
 
 
 def pack_examples(features: list[dict[str, Any]]) -> dict[str, Any]:
