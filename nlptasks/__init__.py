@@ -6,6 +6,7 @@ import logging
 # installed; that kernel is fetched from the Hub at run time, and its built-in CPU path is used.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
+from nlptasks import models  # noqa: F401 - registers the model families, before anything looks one up
 from nlptasks.api import evaluate, export, list_adapters, load, run
 from nlptasks.compare import compare
 from nlptasks.errors import DataError, RecipeError, UserInputError

@@ -17,7 +17,6 @@ through the task's Auto class, as a Hub id loads.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import json
 import os
@@ -56,7 +55,8 @@ class ModelFamily:
 
 
 MODEL_FAMILIES: dict[str, ModelFamily] = {}
-"""Every registered alias -> its family's entry (`register_family`)."""
+"""Every registered alias -> its family's entry (`register_family`); `import nlptasks` imports the modules of
+`nlptasks.models`, which register theirs."""
 
 
 def register_family(entry: ModelFamily) -> ModelFamily:
@@ -70,25 +70,19 @@ def register_family(entry: ModelFamily) -> ModelFamily:
     return entry
 
 
-def _registry() -> dict[str, ModelFamily]:
-    """The registry with every family in it: the modules of `nlptasks.models` register theirs on import."""
-    importlib.import_module("nlptasks.models")
-    return MODEL_FAMILIES
-
-
 def model_family(name: str) -> ModelFamily | None:
     """The family of an alias; None for anything else (a Hub id or a folder)."""
-    return _registry().get(name)
+    return MODEL_FAMILIES.get(name)
 
 
 def model_families() -> list[ModelFamily]:
     """Each registered family once, in registration order."""
-    return list({id(entry): entry for entry in _registry().values()}.values())
+    return list({id(entry): entry for entry in MODEL_FAMILIES.values()}.values())
 
 
 def model_aliases(family: Family | None = None) -> list[str]:
     """Every registered alias, or those of one architecture family."""
-    return [alias for alias, entry in _registry().items() if family in (None, entry.family)]
+    return [alias for alias, entry in MODEL_FAMILIES.items() if family in (None, entry.family)]
 
 
 class Weights(ABC):
