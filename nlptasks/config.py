@@ -73,8 +73,8 @@ def annotated(section: Section, indent: str = "", expand: dict[str, Section] | N
             lines.append(f"{indent}{name}:")
             lines += [annotated(value, indent + "  ")] if type(value).model_fields else []
         else:
-            rendered = yaml.safe_dump(_plain(value), default_flow_style=True, width=10**6)
-            lines.append(f"{indent}{name}: {rendered.removesuffix('...' + chr(10)).strip()}")
+            rendered = yaml.safe_dump(_plain(value), default_flow_style=True, width=10**6).removesuffix("...\n")
+            lines.append(f"{indent}{name}: {rendered.strip()}")
     return "\n".join(lines)
 
 

@@ -68,12 +68,18 @@ class RunDir:
             folder.mkdir(parents=True, exist_ok=True)
         return self
 
+    def numbered_checkpoints(self) -> list[Path]:
+        """The Trainer's `checkpoint-<step>` folders, newest first."""
+        numbered = {
+            int(step): folder
+            for folder in self.checkpoints.glob(f"{CHECKPOINT_PREFIX}-*")
+            if (step := folder.name.rsplit("-", 1)[1]).isdigit()
+        }
+        return [numbered[step] for step in sorted(numbered, reverse=True)]
+
     def complete_checkpoints(self) -> list[Path]:
-        """Checkpoints whose save finished, newest first (the Trainer writes `trainer_state.json` last)."""
-        numbered = [c for c in self.checkpoints.glob(f"{CHECKPOINT_PREFIX}-*") if c.name.rsplit("-", 1)[1].isdigit()]
-        return [
-            c for c in sorted(numbered, key=lambda c: int(c.name.rsplit("-", 1)[1]), reverse=True) if _finished_save(c)
-        ]
+        """Checkpoints whose save finished, newest first."""
+        return [folder for folder in self.numbered_checkpoints() if finished_save(folder)]
 
     def read_metrics(self) -> dict[str, dict[str, float]]:
         return json.loads(self.metrics.read_text()) if self.metrics.is_file() else {}
@@ -217,7 +223,8 @@ def _committed(root: Path) -> bool:
     return run.metrics.is_file() or bool(run.complete_checkpoints())
 
 
-def _finished_save(checkpoint: Path) -> bool:
+def finished_save(checkpoint: Path) -> bool:
+    """Whether a checkpoint's save completed: the Trainer writes `trainer_state.json` last."""
     try:
         json.loads((checkpoint / "trainer_state.json").read_text())
     except (OSError, ValueError):
@@ -246,14 +253,18 @@ def publish_folder(target: Path, save: Any) -> None:
 
 def published(target: Path) -> Path:
     """The folder to read for `target`: itself, or the copy a publish killed between its two renames left."""
-    old = target.with_name(f".{target.name}-old")
+    old = _swapped_out(target)
     return old if old.is_dir() and not target.exists() else target
+
+
+def _swapped_out(target: Path) -> Path:
+    return target.with_name(f".{target.name}-old")
 
 
 def restore_interrupted(target: Path) -> Path:
     """Put back the folder a publish killed between its two renames left only as `.<name>-old`; returns that name."""
-    old = target.with_name(f".{target.name}-old")
-    if old.is_dir() and not target.exists():
+    old = _swapped_out(target)
+    if published(target) == old:
         old.rename(target)
     return old
 

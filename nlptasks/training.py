@@ -30,14 +30,14 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from transformers.integrations import TensorBoardCallback
 from transformers.optimization import Adafactor, get_wsd_schedule
 from transformers.trainer_pt_utils import LengthGroupedSampler
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SchedulerType
+from transformers.trainer_utils import SchedulerType
 
 from nlptasks import adapters, catalog, heap, models
 from nlptasks.data import load_splits, pad_batch
 from nlptasks.errors import DataError, TrainingDiverged
 from nlptasks.models import generation
 from nlptasks.recipe import Recipe, changed_settings, dump_recipe
-from nlptasks.rundir import Claim, RunDir, claim, folder_megabytes, write_atomic
+from nlptasks.rundir import Claim, RunDir, claim, finished_save, folder_megabytes, write_atomic
 from nlptasks.tasks import headline_scores, task_for
 from nlptasks.tasks.base import Task, lengths_of, sorted_by_length
 
@@ -257,14 +257,12 @@ def last_complete_checkpoint(run_dir: RunDir) -> Path | None:
     A save cut short (killed, disk full) lacks `trainer_state.json` or holds it torn.
     `get_last_checkpoint` takes the highest number regardless, and resume fails.
     """
-    complete = run_dir.complete_checkpoints()
-    newest = int(complete[0].name.rsplit("-", 1)[1]) if complete else -1
-    for checkpoint in run_dir.checkpoints.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        number = checkpoint.name.rsplit("-", 1)[1]
-        if number.isdigit() and int(number) > newest:
-            log.warning("removing %s: its save never finished", checkpoint)
-            shutil.rmtree(checkpoint, ignore_errors=True)
-    return complete[0] if complete else None
+    for checkpoint in run_dir.numbered_checkpoints():
+        if finished_save(checkpoint):
+            return checkpoint
+        log.warning("removing %s: its save never finished", checkpoint)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return None
 
 
 class CommitOnSave(TrainerCallback):
