@@ -293,9 +293,12 @@ def changed_settings(stored: dict[str, Any], recipe: Recipe) -> list[tuple[str, 
     `stored` is a run's `recipe.yaml` as read, so a run written by an older schema compares too.
     """
     before, after = _flatten(stored), _flatten(recipe.model_dump(mode="json"))
-    resumable = lambda key: any(key == s or key.startswith(f"{s}.") for s in RESUMABLE_SETTINGS)  # noqa: E731
     keys = sorted(set(before) | set(after))
-    return [(k, before.get(k), after.get(k)) for k in keys if not resumable(k) and before.get(k) != after.get(k)]
+    return [(k, before.get(k), after.get(k)) for k in keys if not _resumable(k) and before.get(k) != after.get(k)]
+
+
+def _resumable(key: str) -> bool:
+    return any(key == setting or key.startswith(f"{setting}.") for setting in RESUMABLE_SETTINGS)
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
