@@ -14,7 +14,7 @@ from typing import Any
 
 from peft import PeftConfig
 
-from nlptasks import adapters, training
+from nlptasks import adapters, catalog, training
 from nlptasks.config import annotated, validate_section
 from nlptasks.data import load_splits
 from nlptasks.errors import DataError, UserInputError
@@ -58,9 +58,15 @@ def validate(recipe: str | Path | dict[str, Any], overrides: dict[str, Any] | li
 
 
 def describe(recipe: str | Path | dict[str, Any], overrides: dict[str, Any] | list[str] | None = None) -> str:
-    """The resolved recipe as YAML, each field with its documentation, `task_args` with the task's defaults."""
+    """The resolved recipe as YAML, each field with its documentation; `task_args`, and a built family's
+    `model_args`, with their defaults."""
     loaded = load_recipe(recipe, overrides)
-    return annotated(loaded, expand={"task_args": task_for(loaded).options})
+    expand = {"task_args": task_for(loaded).options}
+    if (family := catalog.model_family(loaded.model)) and (
+        options := family.checked_options(loaded.model, loaded.model_args)
+    ):
+        expand["model_args"] = options
+    return annotated(loaded, expand=expand)
 
 
 def load(run_dir: str | Path, **options: Any) -> Predictor:

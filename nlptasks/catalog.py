@@ -27,6 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+from nlptasks.config import Section, validate_section
 from nlptasks.errors import DataError, ModelNotFoundError, did_you_mean
 from nlptasks.rundir import publish_folder
 
@@ -52,6 +53,18 @@ class ModelFamily:
     """
     model_type: str | None = None
     """`model_type` in a saved model's config where the family defines its own: it tells a run folder's family."""
+    options: type[Section] | None = None
+    """The schema of a recipe's `model_args` for this family, an alias's mapping setting filling its defaults;
+    None: `model_args` go to `from_pretrained` as they are."""
+
+    def checked_options(self, alias: str, model_args: dict[str, Any]) -> Section | None:
+        """`model_args` validated as the builder will read them, so `validate` and `run` fail before any work."""
+        if self.options is None:
+            return None
+        setting = self.aliases[alias]
+        return validate_section(
+            self.options, {**(setting if isinstance(setting, Mapping) else {}), **model_args}, "model_args"
+        )
 
 
 MODEL_FAMILIES: dict[str, ModelFamily] = {}
@@ -193,11 +206,13 @@ def resolve_model(name: str) -> ModelRef:
     return ModelRef(name, name, family_of(name))
 
 
-def check_model(name: str) -> None:
-    """Fail fast on a model name that cannot resolve, without loading or converting weights."""
+def check_model(name: str, model_args: dict[str, Any] | None = None) -> None:
+    """Fail fast on a model name that cannot resolve, or `model_args` its family would refuse, without
+    loading or converting weights."""
     if (entry := model_family(name)) is not None:
         if isinstance(setting := entry.aliases[name], Weights):
             setting.check(name)
+        entry.checked_options(name, model_args or {})
     elif _looks_like_path(name) and not Path(name).expanduser().exists():
         raise ModelNotFoundError(f"model: folder not found: {name}")
 

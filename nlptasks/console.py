@@ -7,9 +7,12 @@ hub's offline notice. The CLI hides those unless `--verbose`; a run's `logs/trai
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
 
 HANDLER_NAME = "nlptasks-console"
 QUIET_LIBRARIES = ("transformers", "datasets", "peft", "kernels", "huggingface_hub", "accelerate", "bitsandbytes")
@@ -46,3 +49,26 @@ def _writes_to_terminal(handler: logging.Handler) -> bool:
     """A library's own console handler, not a file's or a test harness's that someone else attached."""
     stream = getattr(handler, "stream", None)
     return not isinstance(handler, logging.FileHandler) and stream in (sys.stderr, sys.__stderr__, sys.stdout)
+
+
+@contextlib.contextmanager
+def logging_to(path: Path) -> Iterator[None]:
+    """Send this run's full log to its own file while it runs; the console keeps showing warnings only.
+
+    The handler goes when the run ends, so nothing a process logs later lands in a finished run's file.
+    """
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger(name) for name in ("nlptasks", "transformers")]
+    for logger in loggers:
+        for console in logger.handlers:
+            if console.level == logging.NOTSET:
+                console.setLevel(logging.WARNING)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        handler.close()

@@ -232,6 +232,20 @@ def finished_save(checkpoint: Path) -> bool:
     return True
 
 
+def last_complete_checkpoint(run_dir: RunDir) -> Path | None:
+    """The newest checkpoint whose save finished; newer, half-written ones are removed.
+
+    A save cut short (killed, disk full) lacks `trainer_state.json` or holds it torn.
+    `get_last_checkpoint` takes the highest number regardless, and resume fails.
+    """
+    for checkpoint in run_dir.numbered_checkpoints():
+        if finished_save(checkpoint):
+            return checkpoint
+        log.warning("removing %s: its save never finished", checkpoint)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return None
+
+
 def publish_folder(target: Path, save: Any) -> None:
     """Save through `save(folder)` into a fresh folder beside `target`, then swap it in: never a half-written folder.
 

@@ -17,7 +17,8 @@ from nlptasks.metrics.rouge import rouge
 from nlptasks.metrics.squad import normalize_answer, squad_scores
 from nlptasks.recipe import load_recipe
 from nlptasks.tasks import TASKS, headline_scores
-from nlptasks.training import RunResult, summary
+from nlptasks.training import RunResult
+from nlptasks.training.summary import summary
 
 # ---------------------------------------------------------------- metrics
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from nlptasks import catalog
 from nlptasks.api import describe
 from nlptasks.cli import main
 from nlptasks.errors import RecipeError
@@ -169,9 +170,13 @@ def test_the_t5_recipes_share_one_from_scratch_fragment() -> None:
 def test_show_prints_every_shipped_recipe_documented_and_loadable_as_it_prints(name: str, tmp_path: Path) -> None:
     shown = describe(name)
     assert "# Longest input in tokens" in shown and "# The peak learning rate" in shown
-    reloaded = load_recipe(write(tmp_path / "shown.yaml", shown))
-    assert reloaded == load_recipe(name).model_copy(update={"task_args": reloaded.task_args})
-    assert task_for(reloaded).options == task_for(load_recipe(name)).options
+    reloaded, original = load_recipe(write(tmp_path / "shown.yaml", shown)), load_recipe(name)
+    assert reloaded == original.model_copy(update={"task_args": reloaded.task_args, "model_args": reloaded.model_args})
+    assert task_for(reloaded).options == task_for(original).options
+    if family := catalog.model_family(original.model):
+        options = family.checked_options(original.model, original.model_args)
+        assert options == family.checked_options(reloaded.model, reloaded.model_args)
+        assert options is None or "model_args:\n  # " in shown
 
 
 def test_validate_checks_without_running(capsys: pytest.CaptureFixture) -> None:
@@ -181,3 +186,7 @@ def test_validate_checks_without_running(capsys: pytest.CaptureFixture) -> None:
     assert "did you mean 'label_all_subwords'" in capsys.readouterr().err
     assert main(["validate", "ner/minilm", "--set", "model=./nowhere/model"]) == 2
     assert "folder not found" in capsys.readouterr().err
+    assert main(["validate", "ner/bilstm-crf", "--set", "model_args.hiden_size=8"]) == 2
+    assert "model_args.hiden_size: unknown key (did you mean 'hidden_size'?)" in capsys.readouterr().err
+    assert main(["validate", "translation/t5", "--set", "model_args.d_model=65"]) == 2
+    assert "d_model 65 is not a multiple of num_heads" in capsys.readouterr().err

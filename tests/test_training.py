@@ -20,7 +20,8 @@ import nlptasks
 from nlptasks.cli import main
 from nlptasks.errors import DataError, TrainingDiverged
 from nlptasks.rundir import RunDir, publish_folder
-from nlptasks.training import TaskTrainer, TrimFreedMemory
+from nlptasks.training.callbacks import TrimFreedMemory
+from nlptasks.training.trainer import TaskTrainer
 
 CONTRACT_FILES = (
     "recipe.yaml",

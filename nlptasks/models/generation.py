@@ -1,6 +1,6 @@
 """Text generation for every generating task and model family, in one place.
 
-Evaluation inside training (`training.py`) and `predict` (`predict.py`) both run
+Evaluation inside training (`training/`) and `predict` (`predict.py`) both run
 `generate_ids` and then `generations`, so a validation score and a prediction come from the same
 decoding. The settings are the recipe's `generation` section, written into the model's
 `generation_config` by `configure` and saved with the model (`generation_config.json`), so a

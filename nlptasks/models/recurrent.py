@@ -496,6 +496,7 @@ FAMILY = catalog.register_family(
         summary="recurrent baselines",
         build=_build_alias,
         fresh="random weights",
+        options=RecurrentOptions,
         model_type=BiRNNConfig.model_type,
     )
 )

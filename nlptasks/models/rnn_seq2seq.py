@@ -297,6 +297,7 @@ FAMILY = catalog.register_family(
         summary="RNN encoder-decoders with attention, recurrent baselines",
         build=_build_alias,
         fresh="random weights",
+        options=RNNSeq2SeqOptions,
         model_type=RNNSeq2SeqConfig.model_type,
     )
 )

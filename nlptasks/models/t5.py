@@ -150,6 +150,7 @@ FAMILY = catalog.register_family(
         summary="T5 from a size, offline",
         build=_build_alias,
         fresh="random weights",
+        options=T5Size,
     )
 )
 """T5 built offline from a size (random weights, a Unigram tokenizer trained on the data).

@@ -1,0 +1,159 @@
+"""The Trainer as every task needs it: what the stock one leaves to each example script."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from torch.utils.data import DataLoader, Sampler
+from transformers import Trainer
+from transformers.optimization import Adafactor, get_wsd_schedule
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import SchedulerType
+
+from nlptasks.errors import TrainingDiverged
+from nlptasks.models import generation
+from nlptasks.rundir import write_atomic
+
+
+class TaskTrainer(Trainer):
+    """The Trainer plus what the core adds: length-grouped training batches and, for tasks that
+    generate text, generation at evaluation and prediction.
+
+    Lengths are computed once at tokenization: the stock `group_by_length` recomputes them by
+    iterating the dataset and also shuffles evaluation order, which would break mapping
+    predictions back to examples.
+
+    A generating task's prediction step returns the evaluation loss (teacher-forced, from the
+    labels), the generated token ids in place of logits (through the same `generate_ids` as
+    `predict`), and the labels (unread, but the Trainer computes metrics only when it has them).
+    `Seq2SeqTrainer` does as much for encoder-decoders, but keeps a decoder's prompt in its output
+    and is not what `predict` runs; one shared function keeps both decoding alike.
+
+    A task may batch training examples differently from evaluation's padded rows (packed into one
+    sequence): `train_collator` then builds the training batches only.
+
+    A non-finite loss stops training at once, naming the step and writing its batch to `batch_dump`'s
+    folder: the stock Trainer filters NaN out of the logged loss and trains on, and every later step
+    is wasted on NaN weights.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        lengths: list[int] | None = None,
+        generates: bool = False,
+        train_collator: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+        scaled_adafactor: bool = False,
+        decay_ratio: float = 0.0,
+        batch_dump: Path | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.lengths = lengths
+        self.generates = generates
+        self.train_collator = train_collator
+        self.scaled_adafactor = scaled_adafactor
+        self.decay_ratio = decay_ratio
+        self.batch_dump = batch_dump
+
+    def training_step(
+        self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            raise TrainingDiverged(self._divergence(loss, inputs))
+        return loss
+
+    def _divergence(self, loss: torch.Tensor, inputs: dict[str, Any]) -> str:
+        """Where it happened and what was fed in: the batch's tensors (and texts, where decodable) go to a file."""
+        step = self.state.global_step + 1
+        tensors = {name: value.tolist() for name, value in inputs.items() if isinstance(value, torch.Tensor)}
+        texts = []
+        if "input_ids" in inputs and hasattr(self.processing_class, "batch_decode"):
+            texts = self.processing_class.batch_decode(inputs["input_ids"], skip_special_tokens=True)
+        where = ""
+        if self.batch_dump is not None:
+            path = self.batch_dump / f"diverged-step-{step}.json"
+            write_atomic(path, json.dumps({"step": step, "loss": loss.item(), "texts": texts, "batch": tensors}) + "\n")
+            where = f", written to {path}"
+        size = len(next(iter(tensors.values()), []))
+        first = f"; its first input: {texts[0][:200]!r}" if texts else ""
+        return (
+            f"training diverged: the loss is {loss.item()} at step {step} (epoch {self.state.epoch or 0:.2f}), "
+            f"on a batch of {size} examples{where}{first}. Checkpoints saved before it are intact. "
+            "Try a lower train.learning_rate, keep train.max_grad_norm above 0, or train.precision bf16/fp32 over fp16."
+        )
+
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        """The Trainer's `optim="adafactor"` takes equal steps for every weight; T5's scales each by its RMS."""
+        if not self.scaled_adafactor:
+            return super().create_optimizer(model)
+        if self.optimizer is None:
+            trainable = [p for p in self.model.parameters() if p.requires_grad]
+            self.optimizer = Adafactor(
+                trainable,
+                lr=self.args.learning_rate,
+                relative_step=False,
+                scale_parameter=True,
+                weight_decay=self.args.weight_decay,
+            )
+        return self.optimizer
+
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        """`warmup_stable_decay` is told its decay as a share of the steps, as warmup is, not as a count."""
+        if self.lr_scheduler is None and self.args.lr_scheduler_type == SchedulerType.WARMUP_STABLE_DECAY:
+            self.lr_scheduler = get_wsd_schedule(
+                optimizer or self.optimizer,
+                num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
+                num_decay_steps=math.ceil(self.decay_ratio * num_training_steps),
+                num_training_steps=num_training_steps,
+            )
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    def get_train_dataloader(self) -> DataLoader:
+        if self.train_collator is None:
+            return super().get_train_dataloader()
+        evaluation_collator, self.data_collator = self.data_collator, self.train_collator
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = evaluation_collator
+
+    def _get_train_sampler(self, train_dataset: datasets.Dataset | None = None) -> Sampler | None:
+        if self.lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        return LengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=self.lengths
+        )
+
+    def predict(
+        self, test_dataset: datasets.Dataset, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test"
+    ) -> Any:
+        """Outputs only: every caller decodes and scores them itself, and the metric function
+        decodes validation's features, so it would misalign on any other split."""
+        validation_metrics, self.compute_metrics = self.compute_metrics, None
+        try:
+            return super().predict(test_dataset, ignore_keys, metric_key_prefix)
+        finally:
+            self.compute_metrics = validation_metrics
+
+    def prediction_step(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        if not self.generates or prediction_loss_only:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        loss, _, _ = super().prediction_step(model, inputs, True, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        return loss, generation.generate_ids(self.model, inputs), inputs.get("labels")
