@@ -27,7 +27,7 @@ from nlptasks.config import Section
 from nlptasks.errors import DataError, RecipeError
 from nlptasks.metrics.classification import label_scores
 from nlptasks.rundir import write_atomic
-from nlptasks.tasks.base import Task, softmax, text_or_json_row
+from nlptasks.tasks.base import Task, softmax, text_or_json_row, tokenized
 
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
 
@@ -101,9 +101,7 @@ class Classification(Task):
                 encoded["labels"] = [self._target(self._split(labels), label2id) for labels in batch["label"]]
             return encoded
 
-        return examples.map(
-            encode, batched=True, with_indices=True, remove_columns=examples.column_names, desc="Tokenizing"
-        )
+        return tokenized(examples, encode)
 
     def pad_values(self, tokenizer: Any) -> dict[str, int]:
         return {"input_ids": tokenizer.pad_token_id or 0}

@@ -43,7 +43,7 @@ from sklearn.metrics.pairwise import cosine_similarity
 from nlptasks.config import Section
 from nlptasks.errors import UserInputError
 from nlptasks.metrics.rouge import ROUGE_TYPES, greedy_oracle, rouge
-from nlptasks.tasks.base import Task, softmax
+from nlptasks.tasks.base import Task, softmax, tokenized
 from nlptasks.tasks.summary_rows import SUMMARY_FEATURES, check_summary_row, gold_summaries
 from nlptasks.text import Span, split_sentences, split_turns
 
@@ -128,9 +128,7 @@ class ExtractiveSummarization(Task):
                     encoded["example_index"].append(indices[row])
             return encoded
 
-        return examples.map(
-            encode, batched=True, with_indices=True, remove_columns=examples.column_names, desc="Tokenizing"
-        )
+        return tokenized(examples, encode)
 
     def pad_values(self, tokenizer: Any) -> dict[str, int]:
         return {"input_ids": tokenizer.pad_token_id or 0, "labels": -100, "sentence_ids": -1}

@@ -15,7 +15,7 @@ import numpy as np
 
 from nlptasks.config import Section
 from nlptasks.metrics.entities import entity_scores
-from nlptasks.tasks.base import Task, softmax
+from nlptasks.tasks.base import Task, softmax, tokenized
 from nlptasks.text import WORD
 
 TAG = re.compile(r"^(O|[BI]-\S+)$")
@@ -79,9 +79,7 @@ class NER(Task):
                 ]
             return dict(encoded)
 
-        return examples.map(
-            encode, batched=True, with_indices=True, remove_columns=examples.column_names, desc="Tokenizing"
-        )
+        return tokenized(examples, encode)
 
     def _align(
         self, words: list[int | None], firsts: list[int], tags: list[str], label2id: dict[str, int]

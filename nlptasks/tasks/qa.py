@@ -35,7 +35,7 @@ from pydantic import Field
 from nlptasks.config import Section
 from nlptasks.errors import DataError, UserInputError
 from nlptasks.metrics.squad import squad_scores
-from nlptasks.tasks.base import Task, json_input, softmax
+from nlptasks.tasks.base import Task, json_input, softmax, tokenized
 
 OUTSIDE = [-1, -1]
 """Character span stored for tokens that are not context (question, special tokens)."""
@@ -133,9 +133,7 @@ class QuestionAnswering(Task):
                 encoded["end_positions"] = [last for _, last in targets]
             return dict(encoded)
 
-        return examples.map(
-            encode, batched=True, with_indices=True, remove_columns=examples.column_names, desc="Tokenizing"
-        )
+        return tokenized(examples, encode)
 
     def _check_room(self, tokenizer: Any, questions: list[str], indices: list[int]) -> None:
         """An error naming the row where a question leaves a window no more context than `stride` tokens.

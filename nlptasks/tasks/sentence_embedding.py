@@ -35,7 +35,7 @@ from pydantic import Field
 from nlptasks.config import Section
 from nlptasks.errors import DataError, RecipeError
 from nlptasks.metrics.correlation import sts_correlations
-from nlptasks.tasks.base import Task, text_or_json_row
+from nlptasks.tasks.base import Task, text_or_json_row, tokenized
 
 if TYPE_CHECKING:
     from nlptasks.recipe import Recipe
@@ -152,9 +152,7 @@ class SentenceEmbedding(Task):
                 encoded["labels"] = scores
             return encoded
 
-        return examples.map(
-            encode, batched=True, with_indices=True, remove_columns=examples.column_names, desc="Tokenizing"
-        )
+        return tokenized(examples, encode)
 
     def pad_values(self, tokenizer: Any) -> dict[str, int]:
         return {f"{prefix}input_ids": tokenizer.pad_token_id or 0 for prefix in SIDES}

@@ -40,7 +40,7 @@ from transformers import DataCollatorWithFlattening
 from nlptasks.chat import prompt_frame
 from nlptasks.config import Section
 from nlptasks.errors import RecipeError, UserInputError
-from nlptasks.tasks.base import Generation, Task
+from nlptasks.tasks.base import Generation, Task, tokenized
 
 
 class Seq2SeqOptions(Section):
@@ -101,9 +101,7 @@ class Seq2SeqTask(Task):
                 encoded = self._with_targets(encoded, [ids + [end] for ids in pieces])
             return {**encoded, "example_index": indices}
 
-        return examples.map(
-            encode, batched=True, with_indices=True, remove_columns=examples.column_names, desc="Tokenizing"
-        )
+        return tokenized(examples, encode)
 
     def _source_encoder(self, tokenizer: Any) -> Callable[[list[str]], dict[str, list]]:
         """An encoder-decoder's inputs: `prefix + source` with the tokenizer's special tokens, cut at `max_length`."""
