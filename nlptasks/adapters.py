@@ -209,3 +209,13 @@ def save(model: torch.nn.Module, folder: Path) -> None:
         config.save_pretrained(folder)
         if base.can_generate():
             base.generation_config.save_pretrained(folder)
+
+
+def merged(model: torch.nn.Module) -> torch.nn.Module:
+    """LoRA folded into the weights, in place, whether the adapted model is `model` or a task's wrapper's part."""
+    if isinstance(model, PeftModel):
+        return model.merge_and_unload()
+    for name, child in model.named_children():
+        if isinstance(child, PeftModel):
+            setattr(model, name, child.merge_and_unload())
+    return model

@@ -8,17 +8,19 @@ predictor.predict("Angela Merkel visited Paris.")
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
 from peft import PeftConfig
 
-from nlptasks import adapters, catalog, training
+from nlptasks import adapters, catalog, models, training
 from nlptasks.config import annotated, validate_section
 from nlptasks.data import load_splits
+from nlptasks.engines import onnx
 from nlptasks.errors import DataError, UserInputError
-from nlptasks.predict import Predictor, read_texts
+from nlptasks.predict import Predictor, accepted_inputs, read_texts
 from nlptasks.recipe import (
     DataConfig,
     Recipe,
@@ -30,6 +32,9 @@ from nlptasks.recipe import (
 from nlptasks.rundir import RunDir, folder_megabytes, publish_folder, write_atomic, write_embeddings
 from nlptasks.tasks import task_for
 from nlptasks.training import RunResult
+
+log = logging.getLogger("nlptasks")
+EXPORT_FORMATS = ("transformers", "onnx")
 
 
 def run(
@@ -128,16 +133,29 @@ def _evaluation_data(data: DataConfig, file: str | Path | None, overrides: dict[
     return validate_section(DataConfig, settings, "data")
 
 
-def export(run_dir: str | Path, output: str | Path, merge: bool = False) -> Path:
-    """A run's model as one standalone folder that `load`, `predict` and bare `transformers` read.
+def export(
+    run_dir: str | Path,
+    output: str | Path,
+    merge: bool = False,
+    format: str = "transformers",
+    quantize: str | None = None,
+) -> Path:
+    """A run's model as one standalone folder that `load`, `predict`, `eval` and `serve` read.
 
-    An adapter run exports as its adapter unless `merge`: then LoRA is folded into the base
-    weights (a QLoRA base dequantized first) and the folder holds a plain model, with the
-    run's recipe marked `method: full`. A fully fine-tuned run exports as it is.
+    `transformers`: an adapter run exports as its adapter unless `merge`: then LoRA is folded into
+    the base weights (a QLoRA base dequantized first) and the folder holds a plain model for bare
+    `transformers`, with the run's recipe marked `method: full`. A fully fine-tuned run exports as it is.
+    `onnx`: the merged model as an ONNX Runtime graph (an encoder task's), `quantize="int8"` for int8 weights.
     """
     source = RunDir.read(run_dir)
     if not source.model.is_dir():
         raise UserInputError(f"{run_dir}: no model to export (not a finished run, or an untrained method)")
+    if format not in EXPORT_FORMATS:
+        raise UserInputError(f"--format {format}: choose one of {', '.join(EXPORT_FORMATS)}")
+    if quantize is not None and (format != "onnx" or quantize not in onnx.QUANTIZATIONS):
+        raise UserInputError(f"--quantize {quantize}: only --format onnx quantizes, to {', '.join(onnx.QUANTIZATIONS)}")
+    if format == "onnx":
+        return _export_onnx(source, Path(output), quantize)
     merging = merge and adapters.is_adapter_folder(source.model)
     predictor = Predictor(run_dir) if merging else None  # only a merge needs the weights in memory
     recipe = load_recipe(source.recipe)
@@ -146,7 +164,7 @@ def export(run_dir: str | Path, output: str | Path, merge: bool = False) -> Path
 
     def save(folder: Path) -> None:
         if predictor is not None:
-            predictor.model.merge_and_unload().save_pretrained(folder)
+            adapters.merged(predictor.model).save_pretrained(folder)
             predictor.tokenizer.save_pretrained(folder)
         else:
             shutil.copytree(source.model, folder, dirs_exist_ok=True)
@@ -154,6 +172,48 @@ def export(run_dir: str | Path, output: str | Path, merge: bool = False) -> Path
 
     publish_folder(Path(output), save)
     return Path(output)
+
+
+def _export_onnx(source: RunDir, output: Path, quantize: str | None) -> Path:
+    if onnx.is_onnx_folder(source.model):
+        raise UserInputError(f"{source.root}: already an ONNX export")
+    if task_for(load_recipe(source.recipe)).generates:
+        raise UserInputError(f"{source.root}: a generating task; ONNX export takes a trained run of an encoder task")
+    if catalog.family_of(source.model) == "recurrent":
+        raise UserInputError(
+            f"{source.root}: a recurrent baseline; its packed sequences and CRF search do not trace to an ONNX graph. "
+            "Serve or predict with the run itself"
+        )
+    predictor = Predictor(source.root)
+    task = predictor.task
+    model = adapters.merged(models.load(source.model, task, quantized=predictor.recipe.method == "qlora")[0]).eval()
+    accepted = accepted_inputs(model)
+    batch = {name: tensor for name, tensor in _example_batch(predictor).items() if name in accepted}
+    outputs = task.model_outputs or task.output_names
+    recipe = predictor.recipe.model_copy(update={"method": "full"})
+
+    def save(folder: Path) -> None:
+        onnx.export(model, batch, outputs, folder)
+        if quantize == "int8":
+            onnx.quantize_int8(folder)
+        model.config.save_pretrained(folder)
+        predictor.tokenizer.save_pretrained(folder)
+        onnx.write_manifest(folder, source.root, quantize, outputs)
+        write_atomic(folder / "recipe.yaml", dump_recipe(recipe))
+
+    log.info("exporting %s to ONNX%s", source.root, f" ({quantize})" if quantize else "")
+    publish_folder(output, save)
+    return output
+
+
+def _example_batch(predictor: Predictor) -> dict[str, Any]:
+    """Two inputs of different lengths as the model sees them: the shapes the exporter traces with."""
+    fields = predictor.task.input_fields
+    texts = ["A short example.", "A longer example sentence. It has a few more words, and a second sentence."]
+    inputs = texts if len(fields) == 1 else [dict.fromkeys(fields, text) for text in texts]
+    examples = predictor.task.examples_from_texts(inputs)
+    features = predictor.task.featurize(examples, predictor.tokenizer, predictor.label2id)
+    return next(predictor.batches(features))
 
 
 def list_adapters(root: str | Path = "runs") -> list[dict[str, Any]]:

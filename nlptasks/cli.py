@@ -83,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--merge", action="store_true", help="fold LoRA into the weights: a plain model for bare transformers"
     )
+    export.add_argument(
+        "--format",
+        choices=api.EXPORT_FORMATS,
+        default="transformers",
+        help="transformers: a model folder; onnx: an ONNX Runtime graph (encoder tasks, LoRA merged)",
+    )
+    export.add_argument("--quantize", choices=["int8"], help="with --format onnx: int8 weights for the CPU")
 
     listing = _command(commands, "adapters", help="list the adapter runs under a folder")
     listing.add_argument("root", nargs="?", default="runs")
@@ -202,7 +209,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    print(f"exported {args.run_dir} to {api.export(args.run_dir, args.output, merge=args.merge)}")
+    folder = api.export(args.run_dir, args.output, merge=args.merge, format=args.format, quantize=args.quantize)
+    print(f"exported {args.run_dir} to {folder}")
     return 0
 
 

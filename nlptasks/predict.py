@@ -25,6 +25,7 @@ from nlptasks.adapters import base_model_of, is_adapter_folder
 from nlptasks.attention import CrossAttention, cross_attention
 from nlptasks.config import validate_section
 from nlptasks.data import pad_batch
+from nlptasks.engines.onnx import OnnxModel
 from nlptasks.errors import UserInputError
 from nlptasks.models import generation
 from nlptasks.recipe import GenerationSettings, Recipe, load_recipe
@@ -68,12 +69,11 @@ class Predictor:
         model, self.tokenizer = models.load(
             self.run_dir.model, self.task, quantized=self.recipe.method == "qlora", adapter_name=name
         )
-        self.model = self.task.wrap_model(model)
-        self.model.eval()
+        self.model = self.task.wrap_model(model).eval()
+        self._inputs = accepted_inputs(self.model)
         self.task.calibration = getattr(self.model.config, "task_calibration", None) or {}
         self.id2label = self.model.config.id2label
         self.label2id = {label: i for i, label in self.id2label.items()}
-        self._inputs = set(inspect.signature(self.model.forward).parameters)
         if isinstance(self.model, PeftModel):
             self._adapters[name] = _AdapterSettings.of(self.run_dir.model)
 
@@ -239,6 +239,13 @@ class _AdapterSettings:
             getattr(config, "task_calibration", None) or {},
             GenerationConfig.from_pretrained(model_dir) if has_generation else None,
         )
+
+
+def accepted_inputs(model: Any) -> set[str]:
+    """The feature columns a model takes: an ONNX graph's inputs, or a module's `forward` parameters."""
+    if isinstance(model, OnnxModel):
+        return set(model.input_names)
+    return set(inspect.signature(model.forward).parameters)
 
 
 def _stack_padded(arrays: list[np.ndarray]) -> np.ndarray:

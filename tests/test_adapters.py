@@ -155,7 +155,7 @@ def test_a_merged_export_is_a_plain_model_that_bare_transformers_loads(ner_recip
     assert (unmerged / "adapter_config.json").is_file() and isinstance(nlptasks.load(unmerged).model, PeftModel)
 
 
-def test_a_qlora_run_loads_over_its_dequantized_base_and_merges_to_the_same_answers(
+def test_a_qlora_run_loads_over_its_dequantized_base_and_merges_and_exports_to_the_same_answers(
     tiny_llama: Path, tmp_path: Path
 ) -> None:
     result = nlptasks.run(sentiment_recipe(tiny_llama, "qlora", tmp_path))
@@ -168,8 +168,10 @@ def test_a_qlora_run_loads_over_its_dequantized_base_and_merges_to_the_same_answ
     texts = ["a fine film", "a dull film", "fine", "dull"]
     merged_predictor = nlptasks.load(merged)
     assert not isinstance(merged_predictor.model, PeftModel)
-    for ours, theirs in zip(predictor.predict(texts), merged_predictor.predict(texts)):
-        assert ours["label"] == theirs["label"] and ours["score"] == pytest.approx(theirs["score"], abs=1e-4)
+    onnx_predictor = nlptasks.load(nlptasks.export(result.run_dir, tmp_path / "onnx", format="onnx"))
+    for exported in (merged_predictor, onnx_predictor):
+        for ours, theirs in zip(predictor.predict(texts), exported.predict(texts)):
+            assert ours["label"] == theirs["label"] and ours["score"] == pytest.approx(theirs["score"], abs=1e-4)
 
 
 def test_adapters_over_one_base_are_listed_and_switched(ner_recipe, tiny_bert: Path, tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """The contract every registered task keeps, on a tiny model: it trains into a run directory, the run loads
 back, `predict`'s decoding scores exactly what evaluation scored, and a bad row is named by file, line and field.
 
-A new task is added to `CASES` here; the per-task test files keep what is special about each.
+An encoder task's run also exports to ONNX and answers the same. A new task is added to `CASES` here; the
+per-task test files keep what is special about each.
 """
 
 from __future__ import annotations
@@ -13,13 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
+import numpy as np
 import pytest
 from conftest import SENTENCES
+from transformers import PretrainedConfig
 
 import nlptasks
 from nlptasks.data import load_splits
 from nlptasks.errors import DataError
+from nlptasks.predict import Predictor
 from nlptasks.tasks import TASKS, headline_scores
+from nlptasks.tasks.base import sorted_by_length
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -128,9 +134,22 @@ def test_a_task_trains_loads_predicts_as_evaluated_and_names_bad_rows(
     assert rescored and rescored == pytest.approx(headline_scores(task, evaluated), abs=1e-6)
     written = (result.run_dir / "predictions" / "test.jsonl").read_text().splitlines()
     assert len(written) == len(examples)
+    if not predictor.task.generates:
+        _an_onnx_export_answers_as_the_run(predictor, examples, tmp_path / "onnx")
 
     with files["train"].open("a") as handle:
         handle.write(json.dumps(case.bad_row) + "\n")
     line = len(case.rows()) + 1
     with pytest.raises(DataError, match=re.escape(f"{files['train']}:{line}: {case.message}")):
         nlptasks.run({**recipe, "output_dir": str(tmp_path / "bad")})
+
+
+def _an_onnx_export_answers_as_the_run(run: Predictor, examples: datasets.Dataset, folder: Path) -> None:
+    """The exported graph gives the run's model outputs (fp32, within 1e-4) and so the same metrics."""
+    exported = nlptasks.load(nlptasks.export(run.run_dir.root, folder, format="onnx"))
+    assert isinstance(exported.model.config, PretrainedConfig) and exported.id2label == run.id2label
+    features = sorted_by_length(run.task.featurize(examples, run.tokenizer, run.label2id))
+    mine, theirs = run.outputs(features), exported.outputs(features)
+    for want, got in zip(*(o if isinstance(o, tuple) else (o,) for o in (mine, theirs)), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    assert exported.score(examples) == pytest.approx(run.score(examples), abs=1e-6)

@@ -28,6 +28,7 @@ from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedModel
 
 from nlptasks import adapters, catalog
+from nlptasks.engines import onnx
 from nlptasks.errors import RecipeError
 from nlptasks.models import recurrent, rnn_seq2seq, t5  # noqa: F401 - each registers its family and Auto classes
 from nlptasks.tasks.base import Task
@@ -161,7 +162,7 @@ def _restore_backbone(model: PreTrainedModel, location: str, missing: Iterable[s
 def load(
     model_dir: Path, task: Task, quantized: bool = False, adapter_name: str = "default"
 ) -> tuple[PreTrainedModel, Any]:
-    """A trained model and tokenizer from a run's `model/` folder, any family.
+    """A trained model and tokenizer from a run's `model/` folder, any family, or from an ONNX export.
 
     An adapter folder loads over its base model; a QLoRA (`quantized`) adapter over that base
     quantized to NF4 and dequantized, the weights it trained against.
@@ -170,6 +171,8 @@ def load(
     task.use_model_family(family)
     auto_class = getattr(transformers, task.auto_model)
     tokenizer = load_tokenizer(str(model_dir), family, task.generates)
+    if onnx.is_onnx_folder(model_dir):
+        return onnx.OnnxModel(model_dir, transformers.AutoConfig.from_pretrained(model_dir)), tokenizer
     if not adapters.is_adapter_folder(model_dir):
         return auto_class.from_pretrained(model_dir), tokenizer
     base = adapters.base_model_of(model_dir)

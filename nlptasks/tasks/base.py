@@ -53,6 +53,9 @@ class Task(ABC):
     """Feature columns holding training targets: the Trainer's `label_names`, never inputs at predict."""
     output_names: ClassVar[tuple[str, ...]] = ("logits",)
     """Model outputs `decode` reads: one reaches it as an array, several as a tuple in this order."""
+    model_outputs: ClassVar[tuple[str, ...]] = ()
+    """The built model's outputs that `wrap_model`'s module reads, where it wraps one; empty: `output_names`.
+    An ONNX export is of the built model, so the same wrapper runs over it."""
     input_fields: ClassVar[tuple[str, ...]] = ("text",)
     """Fields of one raw `predict` input; with several, each input is a JSON object holding them."""
     integer_labels: ClassVar[bool] = False
