@@ -12,6 +12,7 @@ from nlptasks.compare import compare
 from nlptasks.errors import DataError, RecipeError, UserInputError
 from nlptasks.predict import Predictor
 from nlptasks.recipe import Recipe, load_recipe
+from nlptasks.serve import serve
 from nlptasks.training import RunResult
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "load",
     "load_recipe",
     "run",
+    "serve",
 ]

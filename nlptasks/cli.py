@@ -105,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--output", required=True, help="the report folder: report.md, report.html, PNG plots")
     _add_set(compare)
     _add_overwrite(compare)
+    _add_serve(_command(commands, "serve", help="one HTTP service for runs and RAG indexes: batched predict, /metrics"))
     _add_rag(_command(commands, "rag", help="retrieval-augmented generation: index, search, ask, eval, serve"))
 
     quickstart = _command(
@@ -147,13 +148,29 @@ def _add_rag(parser: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--index", required=True, help="the benchmark's index (built there when absent)")
     evaluate.add_argument("--benchmark", required=True, choices=["cranfield", "squad"])
     evaluate.add_argument("--answers", type=int, default=200, help="squad: questions answered end to end (0: none)")
-    serve = _command(commands, "serve", help="an HTTP service: POST /search, POST /ask, GET /health")
+    serve = _command(commands, "serve", help="`nlptasks serve` with this index: /v1/rag/NAME/search|ask, /search, /ask")
     serve.add_argument("--index", required=True)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     for command in commands.choices.values():
         command.add_argument("--recipe", help="a RAG recipe (file or name such as rag/default) for a new index")
         _add_set(command)
+
+
+def _add_serve(parser: argparse.ArgumentParser) -> None:
+    from nlptasks.serve import ServeSettings
+
+    parser.add_argument(
+        "sources",
+        nargs="+",
+        metavar="RUN_OR_EXPORT",
+        help="a run directory, an exported model or a RAG index folder, named after its folder; NAME=PATH to name it",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    for name, field in ServeSettings.model_fields.items():
+        flag, text = f"--{name.replace('_', '-')}", f"{field.description} (default: %(default)s)"
+        parser.add_argument(flag, type=field.annotation, default=field.default, help=text)
 
 
 def _add_set(
@@ -270,6 +287,13 @@ def cmd_rag(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from nlptasks.serve import ServeSettings, serve
+
+    serve(args.sources, args.host, args.port, **{name: getattr(args, name) for name in ServeSettings.model_fields})
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from nlptasks.compare import compare
 
@@ -312,5 +336,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "validate": cmd_validate,
     "quickstart": cmd_quickstart,
     "rag": cmd_rag,
+    "serve": cmd_serve,
     "compare": cmd_compare,
 }

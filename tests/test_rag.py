@@ -348,6 +348,10 @@ def test_service_answers_over_http_and_refuses_bad_requests(service: str) -> Non
         assert [h["doc_id"] for h in hits["hits"]][:1] == ["everest"] and len(hits["hits"]) <= 2
         answer = client.post("/ask", json={"question": "How tall is the Eiffel Tower?"}).json()
         assert {"answer", "found", "citations", "passages"} <= set(answer)
+        assert client.get("/v1/rag").json()["indexes"][0]["name"] == "index"  # the folder's name
+        query = {"query": "climbers from Nepal", "top_k": 2, "mode": "sparse"}
+        assert client.post("/v1/rag/index/search", json=query).json() == hits
+        assert client.post("/v1/rag/other/search", json={"query": "x"}).status_code == 404
         assert (
             client.post("/search", content=b"{not json", headers={"content-type": "application/json"}).status_code
             == 422
