@@ -61,6 +61,9 @@ def classification(ns: Namespace) -> None:
     """The commonest TREC-6 class covers 28% of the test set."""
     assert ns["result"].metrics["test"]["accuracy"] > 0.75, ns["result"].metrics["test"]
     assert ns["classifier"].predict("Who wrote Hamlet?")[0]["label"] == "HUM"
+    side_by_side = ns["side_by_side"]
+    assert side_by_side["ONNX fp32"]["accuracy"] == side_by_side["PyTorch"]["accuracy"], side_by_side
+    assert abs(side_by_side["ONNX int8"]["accuracy"] - side_by_side["PyTorch"]["accuracy"]) < 0.03, side_by_side
 
 
 def question_answering(ns: Namespace) -> None:
