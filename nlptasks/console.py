@@ -15,7 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 HANDLER_NAME = "nlptasks-console"
-QUIET_LIBRARIES = ("transformers", "datasets", "peft", "kernels", "huggingface_hub", "accelerate", "bitsandbytes")
+QUIET_LIBRARIES = (
+    *("transformers", "datasets", "peft", "kernels", "huggingface_hub", "accelerate", "bitsandbytes"),
+    *("torch", "onnxruntime", "onnxscript"),
+)
 
 
 def configure(verbose: bool) -> None:

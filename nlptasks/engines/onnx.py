@@ -12,9 +12,10 @@ exporter would do both, but pins transformers 4.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,20 @@ def quantize_int8(folder: Path) -> None:
 
     path = folder / GRAPH
     quantized = folder / f"int8-{GRAPH}"
-    quantize_dynamic(path, quantized, weight_type=QuantType.QInt8, per_channel=True)
+    with _root_logger_quiet():  # its advice to pre-process fails on these graphs: shapes stay symbolic
+        quantize_dynamic(path, quantized, weight_type=QuantType.QInt8, per_channel=True)
     quantized.replace(path)
+
+
+@contextlib.contextmanager
+def _root_logger_quiet() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def write_manifest(folder: Path, source: Path, quantize: str | None, output_names: Iterable[str]) -> None:
