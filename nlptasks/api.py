@@ -15,7 +15,7 @@ from typing import Any
 
 from peft import PeftConfig
 
-from nlptasks import adapters, catalog, models, training
+from nlptasks import adapters, catalog, models, sharding, training
 from nlptasks.config import annotated, validate_section
 from nlptasks.data import load_splits
 from nlptasks.engines import onnx
@@ -91,21 +91,23 @@ def evaluate(
     A file is read with the run's own data settings (columns, `.txt` format, bad rows, windows), all
     its rows. `overrides` change `data.*` settings (`{"data.columns": {"review": "text"}}` for a file
     with other column names) or `generation.*` ones; `generation` decodes with other settings than the
-    recipe's (`{"length_penalty": 2.0}`): tune them on validation without retraining.
+    recipe's (`{"length_penalty": 2.0}`): tune them on validation without retraining. Under several
+    processes (torchrun, accelerate launch) each decodes a contiguous shard; all return the metrics of one.
     """
     data_settings, decoding = inference_overrides(overrides)
     predictor = Predictor(run_dir, generation={**decoding, **(generation or {})} or None)
     data = _evaluation_data(predictor.recipe.data, file, data_settings)
     if file is not None:
         split = "test"
-    splits = load_splits(data, predictor.task, label_names=predictor.label_names_for_files())
+    with sharding.main_process_first():
+        splits = load_splits(data, predictor.task, label_names=predictor.label_names_for_files())
     if split not in splits:
         raise UserInputError(f"split '{split}' is not in the run's data; it has {sorted(splits)}")
     if predictor.untrained is None and (
         unseen := training.unseen_labels(predictor.task, splits[split], predictor.id2label.values())
     ):
         raise DataError(f"{file or split}: labels the model was never trained on: {unseen}")
-    return predictor.score(splits[split])
+    return sharding.score(predictor, splits[split])
 
 
 def inference_overrides(overrides: dict[str, Any] | list[str] | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -242,14 +244,18 @@ def list_adapters(root: str | Path = "runs") -> list[dict[str, Any]]:
     return found
 
 
-def embed(run_dir: str | Path, file: str | Path, output: str | Path, batch_size: int = 64) -> int:
+def embed(
+    run_dir: str | Path, file: str | Path, output: str | Path, batch_size: int = 64, chunk_size: int = 1024
+) -> int:
     """Embeddings of a file's texts (one a line, or JSON lines with `text`) from a sentence-embedding run.
 
     `.npy` holds a float32 matrix, a row per line in file order; `.parquet` holds `text` and
     `embedding` columns, written a chunk at a time. A blank line's row is the zero vector (every
-    other row has unit length), so row N is always line N. Returns the number of rows.
+    other row has unit length), so row N is always line N. Returns the number of rows. Under several
+    processes (torchrun, accelerate launch) each embeds every Nth chunk of `chunk_size` lines and process 0
+    writes `output` (the others return 0).
     """
-    predictor = Predictor(run_dir, batch_size=batch_size)
+    predictor = Predictor(run_dir, batch_size=batch_size, chunk_size=chunk_size)
     if predictor.recipe.task != "sentence-embedding":
         raise UserInputError(f"{run_dir}: a {predictor.recipe.task} run; embed needs a sentence-embedding run")
     source, target = Path(file), Path(output)
@@ -258,5 +264,9 @@ def embed(run_dir: str | Path, file: str | Path, output: str | Path, batch_size:
     if target.suffix not in (".npy", ".parquet"):
         raise UserInputError(f"--output: {target} must end in .npy or .parquet")
     with source.open(encoding="utf-8") as lines:
-        predictions = predictor.stream(read_texts(lines, str(source)))
-        return write_embeddings(((p["text"], p["embedding"]) for p in predictions), target)
+        return sharding.shared_predictions(
+            predictor,
+            read_texts(lines, str(source)),
+            target,
+            lambda predictions: write_embeddings(((p["text"], p["embedding"]) for p in predictions), target),
+        )

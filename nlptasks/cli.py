@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from nlptasks import api, console
+from nlptasks import api, console, sharding
 from nlptasks.errors import UserInputError
 from nlptasks.predict import read_texts
 from nlptasks.recipe import parse_overrides, shipped_recipes
@@ -68,7 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--file", help="one text per line, or JSON lines with a 'text' field (QA: 'question' and 'context')"
     )
+    predict.add_argument(
+        "--output", help="write the predictions to this JSON Lines file instead (required under several processes)"
+    )
     predict.add_argument("--batch-size", type=int, default=64)
+    _add_chunk_size(predict)
     _add_set(predict, "a generation.* setting, e.g. --set generation.num_beams=1 (repeatable)")
 
     embed = _command(commands, "embed", help="sentence embeddings of a text file as .npy or .parquet")
@@ -76,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--file", required=True, help="one text per line, or JSON lines with a 'text' field")
     embed.add_argument("--output", required=True, help="OUT.npy (float32 rows) or OUT.parquet (text, embedding)")
     embed.add_argument("--batch-size", type=int, default=64)
+    _add_chunk_size(embed)
 
     export = _command(commands, "export", help="write a run's model as a standalone folder")
     export.add_argument("run_dir")
@@ -179,6 +184,21 @@ def _add_set(
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=text)
 
 
+def _add_chunk_size(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--chunk-size",
+        type=_positive,
+        default=1024,
+        help="inputs read, tokenized and predicted at a time; under several processes, the unit they take turns on",
+    )
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {value!r}")
+    return int(value)
+
+
 def _add_overwrite(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite",
@@ -196,7 +216,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     metrics = api.evaluate(args.run_dir, split=args.split, file=args.file, overrides=args.set)
-    print(json.dumps(metrics, indent=2, sort_keys=True))
+    if sharding.is_main_process():
+        print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
 
 
@@ -204,7 +225,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     data, decoding = api.inference_overrides(args.set)
     if data:
         raise UserInputError(f"--set data.{next(iter(data))}: predict reads texts, not a data file; eval takes data.*")
-    predictor = api.load(args.run_dir, batch_size=args.batch_size, generation=decoding or None)
+    if not args.output:
+        sharding.single_process_only("predict: several processes cannot share stdout; pass --output OUT.jsonl")
+    if not (args.text or args.file):
+        sharding.single_process_only("predict: several processes cannot share stdin; pass --file")
+    predictor = api.load(
+        args.run_dir, batch_size=args.batch_size, chunk_size=args.chunk_size, generation=decoding or None
+    )
     if args.text:
         texts = iter(args.text)
     elif args.file:
@@ -214,14 +241,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
         texts = read_texts(path.open(encoding="utf-8"), str(path), predictor.task.input_fields)
     else:
         texts = read_texts(sys.stdin, "<stdin>", predictor.task.input_fields)
+    if args.output:
+        count = sharding.write_predictions(predictor, texts, Path(args.output))
+        if sharding.is_main_process():
+            print(f"{count} predictions written to {args.output}")
+        return 0
     for prediction in predictor.stream(texts):
         print(json.dumps(prediction, ensure_ascii=False), flush=False)
     return 0
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    rows = api.embed(args.run_dir, args.file, args.output, batch_size=args.batch_size)
-    print(f"{rows} embeddings written to {args.output}")
+    rows = api.embed(args.run_dir, args.file, args.output, batch_size=args.batch_size, chunk_size=args.chunk_size)
+    if sharding.is_main_process():
+        print(f"{rows} embeddings written to {args.output}")
     return 0
 
 

@@ -20,7 +20,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoConfig, GenerationConfig
 
-from nlptasks import models
+from nlptasks import models, sharding
 from nlptasks.adapters import base_model_of, is_adapter_folder
 from nlptasks.attention import CrossAttention, cross_attention
 from nlptasks.config import validate_section
@@ -42,6 +42,7 @@ class Predictor:
         chunk_size: int = 1024,
         generation: dict[str, Any] | None = None,
     ) -> None:
+        sharding.share_cpu_threads()
         self.run_dir = RunDir.read(run_dir)
         if not self.run_dir.recipe.is_file():
             raise UserInputError(f"{run_dir}: not a finished run directory (no recipe.yaml)")
@@ -168,13 +169,14 @@ class Predictor:
 
     def score(self, examples: datasets.Dataset) -> dict[str, float]:
         """The task's metrics on labelled examples."""
-        return self.task.score(examples, self._decode(examples))
+        return self.task.score(examples, self.decode(examples))
 
     def _predict_examples(self, examples: datasets.Dataset) -> Iterator[dict[str, Any]]:
-        for example, prediction in zip(examples, self._decode(examples)):
+        for example, prediction in zip(examples, self.decode(examples)):
             yield self.task.present(example, prediction)
 
-    def _decode(self, examples: datasets.Dataset) -> list[Any]:
+    def decode(self, examples: datasets.Dataset) -> list[Any]:
+        """What the task's `score` reads: one prediction per example, in order."""
         if self.untrained is not None:
             return self.untrained(examples)
         features = sorted_by_length(self.task.featurize(examples, self.tokenizer, self.label2id))

@@ -22,6 +22,7 @@ moment leaves either the old file or the new one, never a torn one that reads as
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import json
@@ -30,7 +31,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -323,11 +324,21 @@ def _chunks(rows: Any, size: int) -> Iterable[list[Any]]:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    with replaced_atomically(path) as handle:
+        handle.write(text)
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: Path) -> Iterator[IO[str]]:
+    """A text handle on a temporary file beside `path`, renamed onto it once complete and synced.
+
+    A failure or crash leaves the previous file or none, never a torn one.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)

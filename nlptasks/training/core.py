@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import torch
 from transformers import TrainingArguments, set_seed
 
-from nlptasks import adapters, catalog, heap, models
+from nlptasks import adapters, catalog, heap, models, sharding
 from nlptasks.console import logging_to
 from nlptasks.data import load_splits, pad_batch
 from nlptasks.errors import DataError
@@ -49,6 +50,7 @@ def run(recipe: Recipe, overwrite: bool = False) -> RunResult:
 
     A folder holding another recipe's run is refused unless `overwrite` (see `rundir.claim`).
     """
+    sharding.share_cpu_threads(on_cpu=not torch.cuda.is_available())
     task = checked_task(recipe)
     args = training_arguments(recipe, RunDir(recipe.run_dir), task)
     with args.main_process_first(local=False, desc="run directory"):
