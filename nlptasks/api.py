@@ -20,7 +20,7 @@ from nlptasks.config import annotated, validate_section
 from nlptasks.data import load_splits
 from nlptasks.engines import onnx
 from nlptasks.errors import DataError, UserInputError
-from nlptasks.predict import Predictor, accepted_inputs, read_texts
+from nlptasks.predict import Predictor, accepted_inputs, model_batches, read_texts
 from nlptasks.recipe import (
     DataConfig,
     Recipe,
@@ -31,6 +31,7 @@ from nlptasks.recipe import (
 )
 from nlptasks.rundir import RunDir, folder_megabytes, publish_folder, write_atomic, write_embeddings
 from nlptasks.tasks import task_for
+from nlptasks.tasks.base import Task
 from nlptasks.training import RunResult
 
 log = logging.getLogger("nlptasks")
@@ -186,20 +187,20 @@ def _export_onnx(source: RunDir, output: Path, quantize: str | None) -> Path:
             f"{source.root}: a recurrent baseline; its packed sequences and CRF search do not trace to an ONNX graph. "
             "Serve or predict with the run itself"
         )
-    predictor = Predictor(source.root)
-    task = predictor.task
-    model = adapters.merged(models.load(source.model, task, quantized=predictor.recipe.method == "qlora")[0]).eval()
-    accepted = accepted_inputs(model)
-    batch = {name: tensor for name, tensor in _example_batch(predictor).items() if name in accepted}
+    recipe = load_recipe(source.recipe)
+    task = task_for(recipe)
+    model, tokenizer = models.load(source.model, task, quantized=recipe.method == "qlora")
+    model = adapters.merged(model).eval()
+    batch = _example_batch(task, tokenizer, model)
     outputs = task.model_outputs or task.output_names
-    recipe = predictor.recipe.model_copy(update={"method": "full"})
+    recipe = recipe.model_copy(update={"method": "full"})
 
     def save(folder: Path) -> None:
         onnx.export(model, batch, outputs, folder)
         if quantize == "int8":
             onnx.quantize_int8(folder)
         model.config.save_pretrained(folder)
-        predictor.tokenizer.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
         onnx.write_manifest(folder, source.root, quantize, outputs)
         write_atomic(folder / "recipe.yaml", dump_recipe(recipe))
 
@@ -208,14 +209,14 @@ def _export_onnx(source: RunDir, output: Path, quantize: str | None) -> Path:
     return output
 
 
-def _example_batch(predictor: Predictor) -> dict[str, Any]:
-    """Two inputs of different lengths as the model sees them: the shapes the exporter traces with."""
-    fields = predictor.task.input_fields
+def _example_batch(task: Task, tokenizer: Any, model: Any) -> dict[str, Any]:
+    """Two inputs of different lengths as the built (unwrapped) model sees them: the shapes the exporter traces."""
+    fields = task.input_fields
     texts = ["A short example.", "A longer example sentence. It has a few more words, and a second sentence."]
     inputs = texts if len(fields) == 1 else [dict.fromkeys(fields, text) for text in texts]
-    examples = predictor.task.examples_from_texts(inputs)
-    features = predictor.task.featurize(examples, predictor.tokenizer, predictor.label2id)
-    return next(predictor.batches(features))
+    label2id = {label: i for i, label in model.config.id2label.items()}
+    features = task.featurize(task.examples_from_texts(inputs), tokenizer, label2id)
+    return next(model_batches(features, task, tokenizer, accepted_inputs(model), batch_size=len(inputs)))
 
 
 def list_adapters(root: str | Path = "runs") -> list[dict[str, Any]]:

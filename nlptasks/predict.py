@@ -31,7 +31,7 @@ from nlptasks.models import generation
 from nlptasks.recipe import GenerationSettings, Recipe, load_recipe
 from nlptasks.rundir import RunDir
 from nlptasks.tasks import task_for
-from nlptasks.tasks.base import json_input, sorted_by_length
+from nlptasks.tasks.base import Task, json_input, sorted_by_length
 
 
 class Predictor:
@@ -214,16 +214,8 @@ class Predictor:
         return stacked[0] if len(stacked) == 1 else tuple(stacked)
 
     def batches(self, features: datasets.Dataset) -> Iterator[dict[str, torch.Tensor]]:
-        """Padded batches of the features' model inputs (bookkeeping fields left out), in order.
-
-        Labels are left out too, except for a generating task: a decoder's prompt ends where its labels begin.
-        """
-        wanted = [c for c in features.column_names if c in self._inputs]
-        columns = [c for c in wanted if self.task.generates or c not in self.task.label_names]
-        rows = features.select_columns(columns)
-        pad_values = self.task.pad_values(self.tokenizer)
-        for start in range(0, len(rows), self.batch_size):
-            yield pad_batch(list(rows.select(range(start, min(start + self.batch_size, len(rows))))), pad_values)
+        """Padded batches of the features' model inputs, in order (`model_batches`)."""
+        return model_batches(features, self.task, self.tokenizer, self._inputs, self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -241,6 +233,21 @@ class _AdapterSettings:
             getattr(config, "task_calibration", None) or {},
             GenerationConfig.from_pretrained(model_dir) if has_generation else None,
         )
+
+
+def model_batches(
+    features: datasets.Dataset, task: Task, tokenizer: Any, accepted: set[str], batch_size: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Padded batches of the `accepted` feature columns (bookkeeping fields left out), in order.
+
+    Labels are left out too, except for a generating task: a decoder's prompt ends where its labels begin.
+    """
+    wanted = [c for c in features.column_names if c in accepted]
+    columns = [c for c in wanted if task.generates or c not in task.label_names]
+    rows = features.select_columns(columns)
+    pad_values = task.pad_values(tokenizer)
+    for start in range(0, len(rows), batch_size):
+        yield pad_batch(list(rows.select(range(start, min(start + batch_size, len(rows))))), pad_values)
 
 
 def accepted_inputs(model: Any) -> set[str]:

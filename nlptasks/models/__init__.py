@@ -169,10 +169,10 @@ def load(
     """
     family = catalog.family_of(model_dir)
     task.use_model_family(family)
-    auto_class = getattr(transformers, task.auto_model)
     tokenizer = load_tokenizer(str(model_dir), family, task.generates)
     if onnx.is_onnx_folder(model_dir):
         return onnx.OnnxModel(model_dir, transformers.AutoConfig.from_pretrained(model_dir)), tokenizer
+    auto_class = getattr(transformers, task.auto_model)
     if not adapters.is_adapter_folder(model_dir):
         return auto_class.from_pretrained(model_dir), tokenizer
     base = adapters.base_model_of(model_dir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from nlptasks.errors import UserInputError
+from nlptasks.tasks.base import json_input
 
 PAIR_TASKS = frozenset({"classification", "sentence-embedding"})
 """Single-text tasks that also read `{"text": ..., "text_pair": ...}` (a pair to classify or to compare)."""
@@ -44,11 +45,10 @@ def _fields(value: Any, where: str, fields: tuple[str, ...]) -> dict[str, str]:
     if not isinstance(value, dict):
         raise UserInputError(f"{where}: expected an object with the fields {list(fields)}, got {_kind(value)}")
     _no_unknown(value, where, fields)
-    for field in fields:
-        text = value.get(field)
-        if not isinstance(text, str) or not text.strip():
-            raise UserInputError(f"{where}: field '{field}' must be a non-empty string, got {text!r}")
-    return value
+    try:
+        return json_input(value, fields)
+    except ValueError as err:
+        raise UserInputError(f"{where}: {err}") from None
 
 
 def _text(value: Any, where: str, task: Any) -> str | dict[str, str]:
