@@ -15,10 +15,10 @@ from typing import Any
 
 from peft import PeftConfig
 
-from nlptasks import adapters, catalog, models, sharding, training
+from nlptasks import adapters, catalog, engines, models, sharding, training
 from nlptasks.config import annotated, validate_section
 from nlptasks.data import load_splits
-from nlptasks.engines import onnx
+from nlptasks.engines import ctranslate2, onnx
 from nlptasks.errors import DataError, UserInputError
 from nlptasks.predict import Predictor, accepted_inputs, model_batches, read_texts
 from nlptasks.recipe import (
@@ -35,7 +35,8 @@ from nlptasks.tasks.base import Task
 from nlptasks.training import RunResult
 
 log = logging.getLogger("nlptasks")
-EXPORT_FORMATS = ("transformers", "onnx")
+EXPORT_FORMATS = ("transformers", "onnx", "ctranslate2")
+QUANTIZATIONS = {"onnx": onnx.QUANTIZATIONS, "ctranslate2": ctranslate2.QUANTIZATIONS}
 
 
 def run(
@@ -148,17 +149,25 @@ def export(
     `transformers`: an adapter run exports as its adapter unless `merge`: then LoRA is folded into
     the base weights (a QLoRA base dequantized first) and the folder holds a plain model for bare
     `transformers`, with the run's recipe marked `method: full`. A fully fine-tuned run exports as it is.
-    `onnx`: the merged model as an ONNX Runtime graph (an encoder task's), `quantize="int8"` for int8 weights.
+    `onnx`: the merged model as an ONNX Runtime graph (an encoder task's); `ctranslate2`: the merged model
+    converted for CTranslate2 (a generating task's); `quantize="int8"` stores either's weights as int8.
     """
     source = RunDir.read(run_dir)
     if not source.model.is_dir():
         raise UserInputError(f"{run_dir}: no model to export (not a finished run, or an untrained method)")
     if format not in EXPORT_FORMATS:
         raise UserInputError(f"--format {format}: choose one of {', '.join(EXPORT_FORMATS)}")
-    if quantize is not None and (format != "onnx" or quantize not in onnx.QUANTIZATIONS):
-        raise UserInputError(f"--quantize {quantize}: only --format onnx quantizes, to {', '.join(onnx.QUANTIZATIONS)}")
+    if quantize is not None and quantize not in QUANTIZATIONS.get(format, ()):
+        offered = "; ".join(f"--format {name}: {', '.join(values)}" for name, values in QUANTIZATIONS.items())
+        raise UserInputError(f"--quantize {quantize}: not offered for --format {format} ({offered})")
+    if engines.export_format(source.model):
+        raise UserInputError(
+            f"{source.root}: already an export ({engines.export_format(source.model)}); export its run"
+        )
     if format == "onnx":
         return _export_onnx(source, Path(output), quantize)
+    if format == "ctranslate2":
+        return _export_ctranslate2(source, Path(output), quantize)
     merging = merge and adapters.is_adapter_folder(source.model)
     predictor = Predictor(run_dir) if merging else None  # only a merge needs the weights in memory
     recipe = load_recipe(source.recipe)
@@ -178,10 +187,11 @@ def export(
 
 
 def _export_onnx(source: RunDir, output: Path, quantize: str | None) -> Path:
-    if onnx.is_onnx_folder(source.model):
-        raise UserInputError(f"{source.root}: already an ONNX export")
     if task_for(load_recipe(source.recipe)).generates:
-        raise UserInputError(f"{source.root}: a generating task; ONNX export takes a trained run of an encoder task")
+        raise UserInputError(
+            f"{source.root}: a generating task; ONNX export takes a trained run of an encoder task "
+            "(a generating task exports with --format ctranslate2)"
+        )
     if catalog.family_of(source.model) == "recurrent":
         raise UserInputError(
             f"{source.root}: a recurrent baseline; its packed sequences and CRF search do not trace to an ONNX graph. "
@@ -201,10 +211,35 @@ def _export_onnx(source: RunDir, output: Path, quantize: str | None) -> Path:
             onnx.quantize_int8(folder)
         model.config.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
-        onnx.write_manifest(folder, source.root, quantize, outputs)
+        engines.write_manifest(folder, "onnx", source.root, quantize, outputs=list(outputs))
         write_atomic(folder / "recipe.yaml", dump_recipe(recipe))
 
     log.info("exporting %s to ONNX%s", source.root, f" ({quantize})" if quantize else "")
+    publish_folder(output, save)
+    return output
+
+
+def _export_ctranslate2(source: RunDir, output: Path, quantize: str | None) -> Path:
+    recipe = load_recipe(source.recipe)
+    task = task_for(recipe)
+    if not task.generates:
+        raise UserInputError(
+            f"{source.root}: a {recipe.task} run; CTranslate2 export takes a trained run of a generating task "
+            "(summarization, translation; an encoder task exports with --format onnx)"
+        )
+    model, tokenizer = models.load(source.model, task, quantized=recipe.method == "qlora")
+    engine = recipe.generation.model_copy(update={"engine": "ctranslate2"})
+    recipe = recipe.model_copy(update={"method": "full", "generation": engine})
+
+    def save(folder: Path) -> None:
+        ctranslate2.convert(model, tokenizer, folder, quantize)
+        model.config.save_pretrained(folder)
+        model.generation_config.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        engines.write_manifest(folder, "ctranslate2", source.root, quantize)
+        write_atomic(folder / "recipe.yaml", dump_recipe(recipe))
+
+    log.info("exporting %s to CTranslate2%s", source.root, f" ({quantize})" if quantize else "")
     publish_folder(output, save)
     return output
 

@@ -92,9 +92,10 @@ def _parser() -> argparse.ArgumentParser:
         "--format",
         choices=api.EXPORT_FORMATS,
         default="transformers",
-        help="transformers: a model folder; onnx: an ONNX Runtime graph (encoder tasks, LoRA merged)",
+        help="transformers: a model folder; onnx: an ONNX Runtime graph (encoder tasks, LoRA merged); "
+        "ctranslate2: a CTranslate2 model (generating tasks: T5, Llama; LoRA merged)",
     )
-    export.add_argument("--quantize", choices=["int8"], help="with --format onnx: int8 weights for the CPU")
+    export.add_argument("--quantize", choices=["int8"], help="with --format onnx or ctranslate2: int8 weights")
 
     listing = _command(commands, "adapters", help="list the adapter runs under a folder")
     listing.add_argument("root", nargs="?", default="runs")

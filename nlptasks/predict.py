@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import json
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from nlptasks.adapters import base_model_of, is_adapter_folder
 from nlptasks.attention import CrossAttention, cross_attention
 from nlptasks.config import validate_section
 from nlptasks.data import pad_batch
+from nlptasks.engines.ctranslate2 import CTranslate2Model, is_ctranslate2_folder
 from nlptasks.engines.onnx import OnnxModel
 from nlptasks.errors import UserInputError
 from nlptasks.models import generation
@@ -53,6 +55,9 @@ class Predictor:
         self.untrained = self.task.untrained_method(self.recipe.model)
         """A method without a model (Lead-k, TextRank), or None: then the attributes below hold the model."""
         self.model: torch.nn.Module | None = None
+        self.generator: Any = None
+        """What decodes a generating task: the model, or its CTranslate2 conversion (`generation.engine`)."""
+        self._scratch: tempfile.TemporaryDirectory | None = None
         self.tokenizer: Any = None
         self.id2label: dict[int, str] = {}
         self.label2id: dict[str, int] = {}
@@ -60,8 +65,13 @@ class Predictor:
         self._adapters: dict[str, _AdapterSettings] = {}
         if self.untrained is None:
             self._load_model()
-        if generation:
-            self.set_generation(**generation)
+        if (
+            generation
+            or self.task.generates
+            and self.model is not None
+            and self.recipe.generation.engine != "transformers"
+        ):
+            self.set_generation(**(generation or {}))
 
     def _load_model(self) -> None:
         if not self.run_dir.model.is_dir():
@@ -71,6 +81,7 @@ class Predictor:
             self.run_dir.model, self.task, quantized=self.recipe.method == "qlora", adapter_name=name
         )
         self.model = self.task.wrap_model(model).eval()
+        self.generator = self.model
         self._inputs = accepted_inputs(self.model)
         self.task.calibration = getattr(self.model.config, "task_calibration", None) or {}
         self.id2label = self.model.config.id2label
@@ -86,7 +97,25 @@ class Predictor:
         if self.model is None:
             raise UserInputError(f"{self.run_dir.root}: '{self.recipe.model}' is an untrained method; nothing decodes")
         values = {**self.recipe.generation.model_dump(), **settings}
-        generation.configure(self.model, validate_section(GenerationSettings, values, "generation"))
+        chosen = validate_section(GenerationSettings, values, "generation")
+        if isinstance(self.model, CTranslate2Model) and chosen.engine != "ctranslate2":
+            raise UserInputError(
+                f"{self.run_dir.root}: a CTranslate2 export decodes with generation.engine ctranslate2 only"
+            )
+        generation.configure(self.model, chosen)
+        if chosen.engine == "transformers":
+            self.generator = self.model
+        elif not isinstance(self.generator, CTranslate2Model):
+            self.generator = generation.generator(self.model, self.tokenizer, chosen, self._conversion_folder())
+        else:
+            generation.configure(self.generator, chosen)
+
+    def _conversion_folder(self) -> Path:
+        """The run's own CTranslate2 conversion, or a scratch folder for one made now: a run is never written to."""
+        if is_ctranslate2_folder(self.run_dir.model):
+            return self.run_dir.model
+        self._scratch = self._scratch or tempfile.TemporaryDirectory(prefix="nlptasks-ct2-")
+        return Path(self._scratch.name)
 
     @property
     def adapters(self) -> list[str]:
@@ -117,6 +146,11 @@ class Predictor:
                 raise UserInputError(f"{run_dir}: its {what} ({theirs}) differs from {self.run_dir.root}'s ({mine})")
         if name in self._adapters:
             raise UserInputError(f"adapter name '{name}' is taken; pass another name")
+        if isinstance(self.generator, CTranslate2Model):
+            raise UserInputError(
+                f"{run_dir}: adapters share one base under generation.engine transformers only; CTranslate2 runs each "
+                "run's merged model (load it on its own)"
+            )
         self.model.load_adapter(str(other.model), adapter_name=name)
         self._adapters[name] = _AdapterSettings.of(other.model)
         return name
@@ -192,7 +226,9 @@ class Predictor:
         return [
             generated
             for batch in self.batches(features)
-            for generated in generation.generations(self.tokenizer, generation.generate_ids(self.model, batch).numpy())
+            for generated in generation.generations(
+                self.tokenizer, generation.generate_ids(self.generator, batch).numpy()
+            )
         ]
 
     def cross_attention(self, text: str) -> CrossAttention:
@@ -252,7 +288,7 @@ def model_batches(
 
 def accepted_inputs(model: Any) -> set[str]:
     """The feature columns a model takes: an ONNX graph's inputs, or a module's `forward` parameters."""
-    if isinstance(model, OnnxModel):
+    if isinstance(model, OnnxModel | CTranslate2Model):
         return set(model.input_names)
     return set(inspect.signature(model.forward).parameters)
 

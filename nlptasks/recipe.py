@@ -160,6 +160,9 @@ class GenerationSettings(Section):
     always `max_new_tokens`, never the library's default total length of 20.
     """
 
+    engine: Literal["transformers", "ctranslate2"] = "transformers"
+    """What decodes: `generate` in PyTorch, or CTranslate2 (T5, Llama and other architectures its converter knows),
+    faster and leaner; it decodes the final validation and test splits, `predict`, `eval` and `serve`."""
     num_beams: int = Field(default=1, gt=0)
     """1: greedy (or sampling); more: beam search keeping this many hypotheses."""
     max_new_tokens: int = Field(default=128, gt=0)

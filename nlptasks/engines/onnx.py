@@ -13,9 +13,8 @@ exporter would do both, but pins transformers 4.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ from nlptasks.errors import UserInputError
 
 log = logging.getLogger("nlptasks")
 GRAPH = "model.onnx"
-MANIFEST = "export.json"
 QUANTIZATIONS = ("int8",)
 FP32_TOLERANCE = 1e-4
 
@@ -116,11 +114,6 @@ def _root_logger_quiet() -> Iterator[None]:
         yield
     finally:
         root.setLevel(level)
-
-
-def write_manifest(folder: Path, source: Path, quantize: str | None, output_names: Iterable[str]) -> None:
-    manifest = {"format": "onnx", "quantize": quantize, "source": str(source), "outputs": list(output_names)}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def _check_equal(

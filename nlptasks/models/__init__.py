@@ -27,8 +27,8 @@ from peft import PeftModel
 from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedModel
 
-from nlptasks import adapters, catalog
-from nlptasks.engines import onnx
+from nlptasks import adapters, catalog, engines
+from nlptasks.engines import ctranslate2, onnx
 from nlptasks.errors import RecipeError
 from nlptasks.models import recurrent, rnn_seq2seq, t5  # noqa: F401 - each registers its family and Auto classes
 from nlptasks.tasks.base import Task
@@ -162,7 +162,7 @@ def _restore_backbone(model: PreTrainedModel, location: str, missing: Iterable[s
 def load(
     model_dir: Path, task: Task, quantized: bool = False, adapter_name: str = "default"
 ) -> tuple[PreTrainedModel, Any]:
-    """A trained model and tokenizer from a run's `model/` folder, any family, or from an ONNX export.
+    """A trained model and tokenizer from a run's `model/` folder, any family, or from an ONNX or CTranslate2 export.
 
     An adapter folder loads over its base model; a QLoRA (`quantized`) adapter over that base
     quantized to NF4 and dequantized, the weights it trained against.
@@ -172,6 +172,12 @@ def load(
     tokenizer = load_tokenizer(str(model_dir), family, task.generates)
     if onnx.is_onnx_folder(model_dir):
         return onnx.OnnxModel(model_dir, transformers.AutoConfig.from_pretrained(model_dir)), tokenizer
+    if engines.export_format(model_dir) == "ctranslate2":
+        config, decoding = (
+            transformers.AutoConfig.from_pretrained(model_dir),
+            transformers.GenerationConfig.from_pretrained(model_dir),
+        )
+        return ctranslate2.CTranslate2Model(model_dir, config, decoding), tokenizer
     auto_class = getattr(transformers, task.auto_model)
     if not adapters.is_adapter_folder(model_dir):
         return auto_class.from_pretrained(model_dir), tokenizer

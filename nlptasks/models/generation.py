@@ -2,13 +2,15 @@
 
 Evaluation inside training (`training/`) and `predict` (`predict.py`) both run
 `generate_ids` and then `generations`, so a validation score and a prediction come from the same
-decoding. The settings are the recipe's `generation` section, written into the model's
-`generation_config` by `configure` and saved with the model (`generation_config.json`), so a
-run's `model/` generates the same way under bare `transformers`.
+decoding, whichever engine runs it (`generator`: transformers' `generate`, or CTranslate2). The
+settings are the recipe's `generation` section, written into the model's `generation_config` by
+`configure` and saved with the model (`generation_config.json`), so a run's `model/` generates
+the same way under bare `transformers`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,7 @@ import torch
 from peft import PeftModel
 from transformers import GenerationConfig, PreTrainedModel
 
+from nlptasks.engines.ctranslate2 import CTranslate2Model, decoding_options
 from nlptasks.errors import RecipeError
 from nlptasks.recipe import GenerationSettings
 from nlptasks.tasks.base import Generation
@@ -39,7 +42,19 @@ def configure(model: PreTrainedModel, settings: GenerationSettings) -> None:
         model = model.get_base_model()
     tokens = {key: _special_token(model, key) for key in SPECIAL_TOKENS}
     values = {key: value for key, value in tokens.items() if value is not None}
-    model.generation_config = GenerationConfig(**values, **settings.model_dump(exclude_none=True))
+    decoding = settings.model_dump(exclude_none=True, exclude={"engine"})
+    model.generation_config = GenerationConfig(**values, **decoding)
+    if isinstance(model, CTranslate2Model):
+        decoding_options(model.generation_config, model.config.is_encoder_decoder)  # refused now, not mid-decoding
+
+
+def generator(model: Any, tokenizer: Any, settings: GenerationSettings, folder: Path) -> Any:
+    """What decodes for `settings.engine`: the model itself, or its CTranslate2 conversion kept in `folder`."""
+    if settings.engine == "transformers" or isinstance(model, CTranslate2Model):
+        return model
+    engine = CTranslate2Model.of(model, tokenizer, folder)
+    configure(engine, settings)
+    return engine
 
 
 def _special_token(model: PreTrainedModel, key: str) -> int | None:

@@ -51,7 +51,8 @@ class DecoderGenerator:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from nlptasks.catalog import resolve_model
-        from nlptasks.models.generation import configure
+        from nlptasks.engines.ctranslate2 import conversion_cache
+        from nlptasks.models.generation import configure, generator
 
         location = resolve_model(settings.generator).location
         self.tokenizer = AutoTokenizer.from_pretrained(location)
@@ -61,6 +62,7 @@ class DecoderGenerator:
         configure(self.model, settings.generation)
         if self.model.generation_config.pad_token_id is None:
             self.model.generation_config.pad_token_id = self.tokenizer.eos_token_id
+        self.generator = generator(self.model, self.tokenizer, settings.generation, conversion_cache(location))
         self.head, self.tail = prompt_frame(self.tokenizer, RULES)
         context_length = getattr(self.model.config, "max_position_embeddings", settings.max_context_tokens)
         self.budget = min(settings.max_context_tokens, context_length - settings.generation.max_new_tokens)
@@ -97,7 +99,7 @@ class DecoderGenerator:
         ids, used = self.prompt(question, hits)
         batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
         batch = {key: value.to(self.model.device) for key, value in batch.items()}
-        text = self.tokenizer.decode(generate_ids(self.model, batch)[0], skip_special_tokens=True).strip()
+        text = self.tokenizer.decode(generate_ids(self.generator, batch)[0], skip_special_tokens=True).strip()
         if _says_not_found(text):
             return not_found()
         cited = sorted({int(n) for n in CITATION.findall(text) if 1 <= int(n) <= len(used)})

@@ -104,17 +104,35 @@ def _train_and_evaluate(
     if task.calibrates and "validation" in splits:
         calibrate(trainer, task, splits["validation"], features["validation"])
 
+    if task.generates and recipe.generation.engine != "transformers":
+        _publish_model(trainer, run_dir)
+        with args.main_process_first(local=False, desc="generation engine"):
+            trainer.generator = _generator(trainer, task, recipe, run_dir)
     for split in [s for s in recipe.eval.splits if s in splits]:
         written = run_dir if recipe.eval.write_predictions else None
         metrics[split] = evaluate_split(trainer, task, splits[split], features[split], written, split)
     if trainer.is_world_process_zero():
-        tokenizer = trainer.processing_class
-        run_dir.publish_model(lambda folder: (adapters.save(trainer.model, folder), tokenizer.save_pretrained(folder)))
+        if trainer.generator is None:
+            _publish_model(trainer, run_dir)
         metrics["train"].update(footprint(trainer.model, run_dir.model))
         run_dir.write_metrics(metrics)
         write_atomic(run_dir.summary, summary(recipe, metrics))
         held.commit()
     return metrics
+
+
+def _publish_model(trainer: TaskTrainer, run_dir: RunDir) -> None:
+    """The trained model and tokenizer as the run's `model/` (by the main process only)."""
+    if trainer.is_world_process_zero():
+        tokenizer = trainer.processing_class
+        run_dir.publish_model(lambda folder: (adapters.save(trainer.model, folder), tokenizer.save_pretrained(folder)))
+
+
+def _generator(trainer: TaskTrainer, task: Task, recipe: Recipe, run_dir: RunDir) -> Any:
+    """The recipe's generation engine over the trained model; QLoRA's over its saved adapter on a dequantized base,
+    as `predict` loads it, since a 4-bit base does not convert."""
+    model = models.load(run_dir.model, task, quantized=True)[0] if recipe.method == "qlora" else trainer.model
+    return generation.generator(model, trainer.processing_class, recipe.generation, run_dir.model)
 
 
 def _trainer(

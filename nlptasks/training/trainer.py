@@ -33,7 +33,8 @@ class TaskTrainer(Trainer):
     labels), the generated token ids in place of logits (through the same `generate_ids` as
     `predict`), and the labels (unread, but the Trainer computes metrics only when it has them).
     `Seq2SeqTrainer` does as much for encoder-decoders, but keeps a decoder's prompt in its output
-    and is not what `predict` runs; one shared function keeps both decoding alike.
+    and is not what `predict` runs; one shared function keeps both decoding alike. `generator` is
+    what decodes: the model being trained, until the final scoring sets its CTranslate2 conversion.
 
     A task may batch training examples differently from evaluation's padded rows (packed into one
     sequence): `train_collator` then builds the training batches only.
@@ -61,6 +62,7 @@ class TaskTrainer(Trainer):
         self.scaled_adafactor = scaled_adafactor
         self.decay_ratio = decay_ratio
         self.batch_dump = batch_dump
+        self.generator: Any = None
 
     def training_step(
         self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
@@ -156,4 +158,4 @@ class TaskTrainer(Trainer):
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         loss, _, _ = super().prediction_step(model, inputs, True, ignore_keys)
         inputs = self._prepare_inputs(inputs)
-        return loss, generation.generate_ids(self.model, inputs), inputs.get("labels")
+        return loss, generation.generate_ids(self.generator or self.model, inputs), inputs.get("labels")
