@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from test_generation import PAIRS, pair_rows, recipe, write_rows
 from test_rnn_seq2seq import random_model
 from transformers import AutoTokenizer, BertConfig, EncoderDecoderConfig, EncoderDecoderModel
@@ -15,6 +16,7 @@ import nlptasks
 from nlptasks.cli import main
 from nlptasks.engines.ctranslate2 import CTranslate2Model, convert
 from nlptasks.errors import RecipeError
+from nlptasks.serve import create_app
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -76,6 +78,9 @@ def test_a_t5_export_predicts_and_scores_as_its_run_and_int8_stays_close(
     assert nlptasks.evaluate(fp32, "test")["bleu"] == json.loads((t5_run / "metrics.json").read_text())["test"]["bleu"]
     with pytest.raises(nlptasks.UserInputError, match="decodes with generation.engine ctranslate2 only"):
         nlptasks.load(fp32, generation={"engine": "transformers"})
+    with TestClient(create_app([f"t5={fp32}"])) as client:
+        served = client.post("/v1/models/t5/predict", json={"inputs": TEXTS}).json()
+    assert served == {"outputs": exported.predict(TEXTS)}
 
     assert (int8 / "ctranslate2" / "model.bin").stat().st_size < 0.5 * (
         fp32 / "ctranslate2" / "model.bin"
