@@ -67,18 +67,22 @@ class CSVLogCallback(TrainerCallback):
 
 class TrimFreedMemory(TrainerCallback):
     """Return the heap's free pages to the OS (glibc's `malloc_trim`) every `every` training steps and
-    evaluation batches.
+    evaluation batches, and after any step or batch that leaves resident memory `growth` bytes above
+    what the last trim left.
 
     Tensors of every size, as length-grouped batches make them, fragment glibc's heap: freed blocks
     stay resident because new ones do not fit them, and a long run's heap grows to many times its
     live memory. A trim costs page faults when the pages are used again, which is why it is not done
-    every step.
+    every step; the growth bound catches the steps (the longest batches) that would otherwise leave
+    gigabytes of freed pages resident until the next scheduled trim.
     """
 
-    def __init__(self, every: int) -> None:
+    def __init__(self, every: int, growth: int = 2**30) -> None:
         self.every = every
+        self.growth = growth
         self.calls = 0
         self.trim = heap.malloc_trim()
+        self.left_by_last_trim = heap.resident_bytes()
 
     def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         self._tick()
@@ -88,8 +92,11 @@ class TrimFreedMemory(TrainerCallback):
 
     def _tick(self) -> None:
         self.calls += 1
-        if self.trim is not None and self.calls % self.every == 0:
+        if self.trim is None:
+            return
+        if self.calls % self.every == 0 or heap.resident_bytes() > self.left_by_last_trim + self.growth:
             self.trim(0)
+            self.left_by_last_trim = heap.resident_bytes()
 
 
 class CommitOnSave(TrainerCallback):

@@ -163,6 +163,7 @@ def _trainer(
         scaled_adafactor=recipe.train.optimizer == "adafactor",
         decay_ratio=recipe.train.decay_ratio,
         batch_dump=held.run_dir.logs,
+        read_outputs=task.output_names,
     )
     return trainer, features, resume_from
 

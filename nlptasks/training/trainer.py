@@ -20,6 +20,21 @@ from nlptasks.errors import TrainingDiverged
 from nlptasks.models import generation
 from nlptasks.rundir import write_atomic
 
+EXTRA_OUTPUTS = (
+    "cache",
+    "past_key_values",
+    "hidden_states",
+    "attentions",
+    "encoder_last_hidden_state",
+    "encoder_hidden_states",
+    "encoder_attentions",
+    "decoder_hidden_states",
+    "decoder_attentions",
+    "cross_attentions",
+)
+"""Model outputs besides the task's that evaluation would otherwise gather for the whole split: an
+encoder-decoder's cache and encoder states are megabytes per row (T5's QA head: ~4 MB a window)."""
+
 
 class TaskTrainer(Trainer):
     """The Trainer plus what the core adds: length-grouped training batches and, for tasks that
@@ -39,6 +54,10 @@ class TaskTrainer(Trainer):
     A task may batch training examples differently from evaluation's padded rows (packed into one
     sequence): `train_collator` then builds the training batches only.
 
+    Evaluation gathers only the outputs the task reads (`read_outputs`), and `predict` (scoring a
+    split after training) skips a generating task's teacher-forced loss pass, which nothing reads and
+    which holds full-vocabulary logits for the batch.
+
     A non-finite loss stops training at once, naming the step and writing its batch to `batch_dump`'s
     folder: the stock Trainer filters NaN out of the logged loss and trains on, and every later step
     is wasted on NaN weights.
@@ -53,6 +72,7 @@ class TaskTrainer(Trainer):
         scaled_adafactor: bool = False,
         decay_ratio: float = 0.0,
         batch_dump: Path | None = None,
+        read_outputs: tuple[str, ...] = ("logits",),
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -62,6 +82,8 @@ class TaskTrainer(Trainer):
         self.scaled_adafactor = scaled_adafactor
         self.decay_ratio = decay_ratio
         self.batch_dump = batch_dump
+        self.read_outputs = read_outputs
+        self.outputs_only = False
         self.generator: Any = None
 
     def training_step(
@@ -142,10 +164,12 @@ class TaskTrainer(Trainer):
         """Outputs only: every caller decodes and scores them itself, and the metric function
         decodes validation's features, so it would misalign on any other split."""
         validation_metrics, self.compute_metrics = self.compute_metrics, None
+        self.outputs_only = True
         try:
             return super().predict(test_dataset, ignore_keys, metric_key_prefix)
         finally:
             self.compute_metrics = validation_metrics
+            self.outputs_only = False
 
     def prediction_step(
         self,
