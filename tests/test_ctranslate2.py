@@ -135,5 +135,13 @@ def test_what_ctranslate2_cannot_do_is_refused_with_the_reason(
             convert(model, tokenizer, tmp_path / type(model).__name__)
         assert not (tmp_path / type(model).__name__ / "ctranslate2").exists()  # nothing half-written
 
+    files = translation_files(tmp_path)
+    bert2bert = recipe(
+        "translation", files, "bert2bert-minilm-l6", tmp_path / "b2b", generation={"engine": "ctranslate2"}
+    )
+    with pytest.raises(RecipeError, match="no converter for EncoderDecoderConfig"):
+        nlptasks.run(bert2bert)
+    assert not (tmp_path / "b2b" / "model").exists()  # refused before training
+
     assert main(["export", str(t5_run), "--format", "onnx", "--output", str(tmp_path / "onnx")]) == 2
     assert "exports with --format ctranslate2" in capsys.readouterr().err

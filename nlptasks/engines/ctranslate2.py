@@ -51,6 +51,19 @@ def conversion_cache(location: str) -> Path:
     return cache_dir() / "ctranslate2" / hashlib.sha256(stamp.encode()).hexdigest()[:16]
 
 
+def check_convertible(config: PretrainedConfig) -> None:
+    """Refuse, before any training, a model whose configuration the converter has no loader for.
+
+    The converter's registry is private; where it is missing the conversion itself is the check.
+    """
+    known = getattr(_ctranslate2().converters.transformers, "_MODEL_LOADERS", None)
+    if known is not None and type(config).__name__ not in known:
+        raise RecipeError(
+            f"generation.engine: ctranslate2 has no converter for {type(config).__name__} models "
+            "(BERT2BERT and the RNN encoder-decoders have none); use generation.engine: transformers"
+        )
+
+
 def _ctranslate2() -> Any:
     try:
         import ctranslate2

@@ -16,6 +16,7 @@ from transformers import TrainingArguments, set_seed
 from nlptasks import adapters, catalog, heap, models, sharding
 from nlptasks.console import logging_to
 from nlptasks.data import load_splits, pad_batch
+from nlptasks.engines.ctranslate2 import check_convertible
 from nlptasks.errors import DataError
 from nlptasks.models import generation
 from nlptasks.recipe import Recipe, changed_settings, dump_recipe
@@ -194,6 +195,8 @@ def _model(
             tokenizer = models.load_tokenizer(resume_from, catalog.family_of(resume_from))
     if task.generates:
         generation.configure(model, recipe.generation)
+        if recipe.generation.engine == "ctranslate2":
+            check_convertible(model.config)
     return model, tokenizer, resume_from
 
 
