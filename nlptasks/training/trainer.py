@@ -178,8 +178,9 @@ class TaskTrainer(Trainer):
         prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        ignore_keys = [*(ignore_keys or []), *(name for name in EXTRA_OUTPUTS if name not in self.read_outputs)]
         if not self.generates or prediction_loss_only:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
-        loss, _, _ = super().prediction_step(model, inputs, True, ignore_keys)
+        loss = None if self.outputs_only else super().prediction_step(model, inputs, True, ignore_keys)[0]
         inputs = self._prepare_inputs(inputs)
         return loss, generation.generate_ids(self.generator or self.model, inputs), inputs.get("labels")
