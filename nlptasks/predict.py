@@ -105,10 +105,9 @@ class Predictor:
         generation.configure(self.model, chosen)
         if chosen.engine == "transformers":
             self.generator = self.model
-        elif not isinstance(self.generator, CTranslate2Model):
-            self.generator = generation.generator(self.model, self.tokenizer, chosen, self._conversion_folder())
         else:
-            generation.configure(self.generator, chosen)
+            source = self.generator if isinstance(self.generator, CTranslate2Model) else self.model
+            self.generator = generation.generator(source, self.tokenizer, chosen, self._conversion_folder)
 
     def _conversion_folder(self) -> Path:
         """The run's own CTranslate2 conversion, or a scratch folder for one made now: a run is never written to."""

@@ -163,6 +163,8 @@ class GenerationSettings(Section):
     engine: Literal["transformers", "ctranslate2"] = "transformers"
     """What decodes: `generate` in PyTorch, or CTranslate2 (T5, Llama and other architectures its converter knows),
     faster and leaner; it decodes the final validation and test splits, `predict`, `eval` and `serve`."""
+    quantize: Literal["int8"] | None = None
+    """ctranslate2 engine only: run the weights in int8, quantized as they load (an int8 export already is)."""
     num_beams: int = Field(default=1, gt=0)
     """1: greedy (or sampling); more: beam search keeping this many hypotheses."""
     max_new_tokens: int = Field(default=128, gt=0)
@@ -189,6 +191,8 @@ class GenerationSettings(Section):
         sampling = [name for name in ("temperature", "top_k", "top_p") if getattr(self, name) is not None]
         if sampling and not self.do_sample:
             raise ValueError(f"{', '.join(sampling)} only apply when sampling: set do_sample: true, or unset them")
+        if self.quantize is not None and self.engine != "ctranslate2":
+            raise ValueError("quantize only applies to the ctranslate2 engine: set engine: ctranslate2, or unset it")
         if self.length_penalty is not None and self.num_beams == 1:
             raise ValueError("length_penalty only applies to beam search: set num_beams above 1, or unset it")
         return self

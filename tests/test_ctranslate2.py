@@ -85,6 +85,9 @@ def test_a_t5_export_predicts_and_scores_as_its_run_and_int8_stays_close(
     assert (int8 / "ctranslate2" / "model.bin").stat().st_size < 0.5 * (
         fp32 / "ctranslate2" / "model.bin"
     ).stat().st_size
+    loaded_as_int8 = nlptasks.load(fp32, generation={"quantize": "int8"})
+    assert loaded_as_int8.generator.quantize == "int8"
+    assert loaded_as_int8.predict(TEXTS) == nlptasks.load(int8).predict(TEXTS)  # quantized on load as on export
     sources, targets = token_pairs(exported)
     scores = [log_probabilities(nlptasks.load(folder).model, sources, targets) for folder in (fp32, int8)]
     assert scores[0] != scores[1]  # int8 did change the weights...

@@ -112,6 +112,7 @@ def tiny_t5(vocab_size: int) -> T5ForConditionalGeneration:
     [
         ({"temperature": 0.7}, "temperature only apply when sampling: set do_sample: true"),
         ({"length_penalty": 0.8}, "length_penalty only applies to beam search"),
+        ({"quantize": "int8"}, "quantize only applies to the ctranslate2 engine"),
         ({"min_new_tokens": 9, "max_new_tokens": 8}, "min_new_tokens 9 exceeds max_new_tokens 8"),
         ({"max_length": 20}, r"generation.max_length: unknown key"),
     ],

@@ -127,13 +127,16 @@ class CTranslate2Model:
     """A CTranslate2 translator (encoder-decoder) or generator (decoder) behind `generate_ids`."""
 
     def __init__(
-        self, folder: Path, config: PretrainedConfig, generation_config: GenerationConfig, threads: int | None = None
+        self, folder: Path, config: PretrainedConfig, generation_config: GenerationConfig, quantize: str | None = None
     ) -> None:
         ctranslate2 = _ctranslate2()
         path = folder / FOLDER
         engine = ctranslate2.Translator if config.is_encoder_decoder else ctranslate2.Generator
         device = "cuda" if ctranslate2.get_cuda_device_count() else "cpu"
-        self.engine = engine(str(path), device=device, intra_threads=threads or torch.get_num_threads())
+        compute_type = quantize or "default"  # default: as stored (an int8 export runs in int8)
+        self.engine = engine(str(path), device=device, compute_type=compute_type, intra_threads=torch.get_num_threads())
+        self.folder = folder
+        self.quantize = quantize
         self.config = config
         self.generation_config = generation_config
         self.vocabulary = _vocabulary(path)
@@ -141,12 +144,18 @@ class CTranslate2Model:
         self.input_names = ["input_ids", "attention_mask", "labels"]
 
     @classmethod
-    def of(cls, model: Any, tokenizer: Any, folder: Path) -> CTranslate2Model:
+    def of(cls, model: Any, tokenizer: Any, folder: Path, quantize: str | None = None) -> CTranslate2Model:
         """The engine for an in-memory model: its conversion in `folder` if there, else converted there now."""
         if not is_ctranslate2_folder(folder):
             log.info("converting the model for CTranslate2 into %s", folder / FOLDER)
             convert(model, tokenizer, folder)
-        return cls(folder, model.config, model.generation_config)
+        return cls(folder, model.config, model.generation_config, quantize)
+
+    def quantized(self, quantize: str | None) -> CTranslate2Model:
+        """This engine, or the same conversion loaded again to run in int8 (`quantize`) or as stored (None)."""
+        if quantize == self.quantize:
+            return self
+        return CTranslate2Model(self.folder, self.config, self.generation_config, quantize)
 
     def can_generate(self) -> bool:
         return True

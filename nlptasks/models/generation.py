@@ -10,6 +10,7 @@ the same way under bare `transformers`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +43,23 @@ def configure(model: PreTrainedModel, settings: GenerationSettings) -> None:
         model = model.get_base_model()
     tokens = {key: _special_token(model, key) for key in SPECIAL_TOKENS}
     values = {key: value for key, value in tokens.items() if value is not None}
-    decoding = settings.model_dump(exclude_none=True, exclude={"engine"})
+    decoding = settings.model_dump(exclude_none=True, exclude={"engine", "quantize"})
     model.generation_config = GenerationConfig(**values, **decoding)
     if isinstance(model, CTranslate2Model):
         decoding_options(model.generation_config, model.config.is_encoder_decoder)  # refused now, not mid-decoding
 
 
-def generator(model: Any, tokenizer: Any, settings: GenerationSettings, folder: Path) -> Any:
-    """What decodes for `settings.engine`: the model itself, or its CTranslate2 conversion kept in `folder`."""
-    if settings.engine == "transformers" or isinstance(model, CTranslate2Model):
+def generator(model: Any, tokenizer: Any, settings: GenerationSettings, folder: Callable[[], Path]) -> Any:
+    """What decodes for `settings.engine`: the model itself, or its CTranslate2 engine (in int8 with `quantize`).
+
+    A transformers model is converted into `folder()` unless a conversion is there already.
+    """
+    if settings.engine == "transformers":
         return model
-    engine = CTranslate2Model.of(model, tokenizer, folder)
+    if isinstance(model, CTranslate2Model):
+        engine = model.quantized(settings.quantize)
+    else:
+        engine = CTranslate2Model.of(model, tokenizer, folder(), settings.quantize)
     configure(engine, settings)
     return engine
 

@@ -62,7 +62,7 @@ class DecoderGenerator:
         configure(self.model, settings.generation)
         if self.model.generation_config.pad_token_id is None:
             self.model.generation_config.pad_token_id = self.tokenizer.eos_token_id
-        self.generator = generator(self.model, self.tokenizer, settings.generation, conversion_cache(location))
+        self.generator = generator(self.model, self.tokenizer, settings.generation, lambda: conversion_cache(location))
         self.head, self.tail = prompt_frame(self.tokenizer, RULES)
         context_length = getattr(self.model.config, "max_position_embeddings", settings.max_context_tokens)
         self.budget = min(settings.max_context_tokens, context_length - settings.generation.max_new_tokens)

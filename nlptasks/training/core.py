@@ -133,7 +133,7 @@ def _generator(trainer: TaskTrainer, task: Task, recipe: Recipe, run_dir: RunDir
     """The recipe's generation engine over the trained model; QLoRA's over its saved adapter on a dequantized base,
     as `predict` loads it, since a 4-bit base does not convert."""
     model = models.load(run_dir.model, task, quantized=True)[0] if recipe.method == "qlora" else trainer.model
-    return generation.generator(model, trainer.processing_class, recipe.generation, run_dir.model)
+    return generation.generator(model, trainer.processing_class, recipe.generation, lambda: run_dir.model)
 
 
 def _trainer(
