@@ -7,7 +7,7 @@ import logging
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from nlptasks import models  # noqa: F401 - registers the model families, before anything looks one up
-from nlptasks.api import evaluate, export, list_adapters, load, run
+from nlptasks.api import evaluate, export, inspect, list_adapters, load, run
 from nlptasks.compare import compare
 from nlptasks.errors import DataError, RecipeError, UserInputError
 from nlptasks.predict import Predictor
@@ -25,6 +25,7 @@ __all__ = [
     "compare",
     "evaluate",
     "export",
+    "inspect",
     "list_adapters",
     "load",
     "load_recipe",

@@ -64,6 +64,26 @@ def validate(recipe: str | Path | dict[str, Any], overrides: dict[str, Any] | li
     return loaded
 
 
+def inspect(
+    recipe: str | Path | dict[str, Any],
+    overrides: dict[str, Any] | list[str] | None = None,
+    output: str | Path | None = None,
+    timed_steps: int = 0,
+) -> dict[str, Any]:
+    """A report on the recipe's data as `run` would read it (`inspection.py`), never training or writing a run.
+
+    With `output`, also `report.json`, `report.md` and length histograms there; `timed_steps` > 0
+    times that many training steps in a scratch folder to estimate an epoch.
+    """
+    from nlptasks.inspection import inspect_data, write_report
+
+    loaded = validate(recipe, overrides)
+    report = inspect_data(loaded, timed_steps)
+    if output is not None:
+        write_report(report, Path(output))
+    return report
+
+
 def describe(recipe: str | Path | dict[str, Any], overrides: dict[str, Any] | list[str] | None = None) -> str:
     """The resolved recipe as YAML, each field with its documentation; `task_args`, and a built family's
     `model_args`, with their defaults."""

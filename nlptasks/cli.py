@@ -106,6 +106,13 @@ def _parser() -> argparse.ArgumentParser:
     validate = _command(commands, "validate", help="check a recipe as run would, without running it")
     validate.add_argument("recipe", help="a recipe file or a shipped name such as ner/minilm")
     _add_set(validate)
+    inspect = _command(commands, "inspect", help="report on a recipe's data before training: lengths, labels, leaks")
+    inspect.add_argument("recipe", help="a recipe file or a shipped name such as ner/minilm")
+    inspect.add_argument("--output", help="also write report.json, report.md and length histograms (PNG) here")
+    inspect.add_argument(
+        "--time-steps", type=int, default=0, metavar="N", help="time N training steps (in a scratch folder) per epoch"
+    )
+    _add_set(inspect)
     compare = _command(commands, "compare", help="a side-by-side report of run directories or recipes (run first)")
     compare.add_argument("sources", nargs="+", metavar="RUN_DIR_OR_RECIPE")
     compare.add_argument("--output", required=True, help="the report folder: report.md, report.html, PNG plots")
@@ -288,6 +295,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from nlptasks.inspection import markdown
+
+    report = api.inspect(args.recipe, args.set, args.output, args.time_steps)
+    print(markdown(report), end="")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from nlptasks.compare import compare
 
@@ -368,6 +383,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "adapters": cmd_adapters,
     "recipes": cmd_recipes,
     "validate": cmd_validate,
+    "inspect": cmd_inspect,
     "quickstart": cmd_quickstart,
     "rag": cmd_rag,
     "serve": cmd_serve,

@@ -110,6 +110,25 @@ def _skipped_rows(config: DataConfig, splits: dict[str, datasets.Dataset]) -> di
     return {split: count for split, count in counts.items() if count}
 
 
+def row_errors(config: DataConfig, task: Task) -> dict[str, list[str]]:
+    """Each split file's rows that fail the task's checks, as the error each raises (`file:line: why`).
+
+    What `bad_rows: skip` drops, with the reason: read here because a cached split never checks again.
+    """
+    files = _split_files(config)
+    names = _label_names_beside(files["train"], _label_column(config, task)) if "train" in files else None
+    renames = _renames(config, task)
+    errors: dict[str, list[str]] = {}
+    for split, path in files.items():
+        errors[split] = []
+        for where, raw in read_rows(path, _reads_text_lines(config, path)):
+            try:
+                _checked_row(type(task), raw, renames, tuple(names) if names else None, where)
+            except DataError as err:
+                errors[split].append(str(err))
+    return errors
+
+
 def _reads_text_lines(config: DataConfig, path: Path) -> bool:
     """Whether a `.txt` file holds one text a line (`txt_format: lines`, or a catalog text-line dataset)."""
     entry = catalog.DATASETS.get(config.name or "")

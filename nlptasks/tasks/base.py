@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
@@ -182,6 +183,23 @@ class Task(ABC):
         and scores, records and `predict`s them like a trained model's. None for any other name.
         """
         return None
+
+    def input_text(self, example: dict[str, Any]) -> str:
+        """The example's input as one text: what a duplicate, or a leak across splits, is judged on."""
+        value = example[self.input_column]
+        return " ".join(value) if isinstance(value, list) else str(value)
+
+    def label_counts(self, examples: datasets.Dataset) -> Counter[str]:
+        """How often each label occurs (NER: entities per type); empty for a task without class labels."""
+        return Counter()
+
+    def data_problems(self, examples: datasets.Dataset) -> dict[str, list[str]]:
+        """Rows that pass the row checks yet look wrong, by kind of problem: `row N: what` for each."""
+        return {}
+
+    def cut_targets(self, examples: datasets.Dataset, tokenizer: Any) -> int:
+        """Targets longer than training keeps (a generating task's target length); 0 where nothing is cut."""
+        return 0
 
     def text_columns(self) -> tuple[str, ...]:
         """Columns whose text a word vocabulary is built from (the recurrent baselines)."""

@@ -84,6 +84,12 @@ class Classification(Task):
     def label_list(self, train: datasets.Dataset) -> list[str]:
         return sorted({name for labels in self._labels_of(train) for name in labels})
 
+    def label_counts(self, examples: datasets.Dataset) -> Counter[str]:
+        return Counter(name for labels in self._labels_of(examples) for name in labels)
+
+    def input_text(self, example: dict[str, Any]) -> str:
+        return "\t".join(text for text in (example["text"], example.get("text_pair")) if text)
+
     def featurize(self, examples: datasets.Dataset, tokenizer: Any, label2id: dict[str, int]) -> datasets.Dataset:
         def encode(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
             pairs = batch.get("text_pair") or [None] * len(indices)

@@ -8,6 +8,8 @@ dropped by truncation. Scored with seqeval, entity level, IOB2 strict.
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import datasets
@@ -51,6 +53,20 @@ class NER(Task):
             raise ValueError(f"field 'ner_tags' has {len(tags)} tags but 'tokens' has {len(tokens)} tokens")
         names = [_tag_name(tag, label_names, position) for position, tag in enumerate(tags)]
         return {"tokens": tokens, "ner_tags": names}
+
+    def label_counts(self, examples: datasets.Dataset) -> Counter[str]:
+        """Entities per type: each `B-` tag, and each `I-` tag that starts one (what seqeval counts)."""
+        return Counter(kind for tags in examples["ner_tags"] for _, kind in _entity_starts(tags))
+
+    def data_problems(self, examples: datasets.Dataset) -> dict[str, list[str]]:
+        """Tag sequences that are not IOB2: an `I-X` after `O` or after another type's tag."""
+        invalid = [
+            f"row {row}: {tags[position - 1] if position else 'the start'} then {tags[position]} at word {position + 1}"
+            for row, tags in enumerate(examples["ner_tags"], 1)
+            for position, _ in _entity_starts(tags)
+            if tags[position].startswith("I-")
+        ]
+        return {"tags that are not IOB2": invalid} if invalid else {}
 
     def label_list(self, train: datasets.Dataset) -> list[str]:
         types = {tag[2:] for tags in train["ner_tags"] for tag in tags if tag != "O"}
@@ -194,3 +210,11 @@ def _entities(tags: list[str]) -> list[tuple[str, int, int]]:
         elif tag.startswith("I-") and spans and spans[-1][0] == tag[2:] and spans[-1][2] == position - 1:
             spans[-1] = (spans[-1][0], spans[-1][1], position)
     return spans
+
+
+def _entity_starts(tags: list[str]) -> Iterator[tuple[int, str]]:
+    """(position, type) of each tag that begins an entity: a `B-`, or an `I-` not continuing its type."""
+    for position, tag in enumerate(tags):
+        previous = tags[position - 1] if position else "O"
+        if tag.startswith("B-") or tag.startswith("I-") and previous[2:] != tag[2:]:
+            yield position, tag[2:]

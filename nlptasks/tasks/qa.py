@@ -246,6 +246,9 @@ class QuestionAnswering(Task):
     def text_columns(self) -> tuple[str, ...]:
         return ("question", "context")
 
+    def input_text(self, example: dict[str, Any]) -> str:
+        return f"{example['question']}\t{example['context']}"
+
 
 def _check_answer(context: str, number: int, text: Any, start: Any) -> None:
     if not isinstance(text, str) or not text.strip():

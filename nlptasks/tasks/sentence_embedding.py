@@ -86,6 +86,9 @@ class SentenceEmbedding(Task):
             {"text": text, "text_pair": text, "text_negative": text, "score": datasets.Value("float32")}
         )
 
+    def input_text(self, example: dict[str, Any]) -> str:
+        return "\t".join(text for text in (example["text"], example.get("text_pair")) if text)
+
     @classmethod
     def shaped_row(cls, row: dict[str, Any]) -> dict[str, Any]:
         """STS layout (`sentence1`, `sentence2`, `score`) or ours; a plain sentence has neither pair nor score."""

@@ -88,6 +88,17 @@ class Seq2SeqTask(Task):
     def label_list(self, train: datasets.Dataset) -> list[str]:
         return []
 
+    def input_text(self, example: dict[str, Any]) -> str:
+        return self.sources({key: [value] for key, value in example.items()}, [0])[0]
+
+    def cut_targets(self, examples: datasets.Dataset, tokenizer: Any) -> int:
+        """Targets that training cuts: longer than `max_target_length` with their end-of-sequence token."""
+        targets = self.targets(examples[:], list(range(len(examples))))
+        if not targets:
+            return 0
+        pieces = tokenizer(targets, add_special_tokens=False)["input_ids"]
+        return sum(len(ids) + 1 > self.options.max_target_length for ids in pieces)
+
     def featurize(self, examples: datasets.Dataset, tokenizer: Any, label2id: dict[str, int]) -> datasets.Dataset:
         encode_sources = self._prompt_encoder(tokenizer) if self.decoder_only else self._source_encoder(tokenizer)
         end = _end_of_sequence(tokenizer)
