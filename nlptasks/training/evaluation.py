@@ -31,10 +31,25 @@ def evaluate_split(
     started = time.perf_counter()
     log.info("scoring %s: %s examples", split, f"{len(examples):,}")
     outputs = task_outputs(task, trainer.processing_class, trainer.predict(features).predictions)
-    predictions = task.decode(examples, features, outputs, trainer.model.config.id2label)
-    return record_split(
-        task, examples, predictions, started, run_dir if trainer.is_world_process_zero() else None, split
-    )
+    id2label = trainer.model.config.id2label
+    predictions = task.decode(examples, features, outputs, id2label)
+    written = run_dir if trainer.is_world_process_zero() else None
+    metrics = record_split(task, examples, predictions, started, written, split)
+    if "temperature" in task.calibration:
+        metrics["ece_unscaled"] = _unscaled_ece(task, examples, features, outputs, id2label)
+    return metrics
+
+
+def _unscaled_ece(
+    task: Task, examples: datasets.Dataset, features: datasets.Dataset, outputs: Any, id2label: dict[int, str]
+) -> float:
+    """The calibration error of the same predictions' scores before temperature scaling: what the scaling bought."""
+    scaled = task.calibration
+    task.calibration = {key: value for key, value in scaled.items() if key != "temperature"}
+    try:
+        return task.score(examples, task.decode(examples, features, outputs, id2label))["ece"]
+    finally:
+        task.calibration = scaled
 
 
 def record_split(
