@@ -84,6 +84,10 @@ def test_a_run_records_ece_before_and_after_and_predicts_with_its_temperature(ti
     temperature = json.loads((result.run_dir / "model" / "config.json").read_text())["task_calibration"]["temperature"]
     assert 0.05 <= temperature <= 20
     assert (result.run_dir / "reliability_test.png").is_file()
+    confused = json.loads((result.run_dir / "errors_test.json").read_text())["confused"]
+    assert all(
+        pair["gold"] != pair["predicted"] and min(pair["count"], 5) == len(pair["examples"]) for pair in confused
+    )
     written = [json.loads(line) for line in (result.run_dir / "predictions" / "test.jsonl").open()]
     predicted = nlptasks.load(result.run_dir).predict([row["text"] for row in rows])
     assert [p["score"] for p in predicted] == pytest.approx([row["score"] for row in written], abs=1e-5)

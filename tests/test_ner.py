@@ -123,3 +123,19 @@ def test_raw_text_predictions_carry_character_offsets() -> None:
     shown = task.present(example, tags)
     spans = [(e["type"], e["text"], text[e["start"] : e["end"]]) for e in shown["entities"]]
     assert spans == [("PER", "Angela Merkel", "Angela Merkel"), ("LOC", "Paris", "Paris")]
+
+
+def test_error_kinds_per_entity_type_equal_a_hand_count() -> None:
+    """Gold: PER 0-1, LOC 3, ORG 5-6, MISC 8. Predicted: PER 0-1 (exact), ORG 3 (wrong type), ORG 5 (wrong
+    boundary), nothing at 8 (missed), LOC 10 (spurious)."""
+    gold = ["B-PER", "I-PER", "O", "B-LOC", "O", "B-ORG", "I-ORG", "O", "B-MISC", "O", "O"]
+    predicted = ["B-PER", "I-PER", "O", "B-ORG", "O", "B-ORG", "O", "O", "O", "O", "B-LOC"]
+    examples = datasets.Dataset.from_dict({"tokens": [[f"w{i}" for i in range(len(gold))]], "ner_tags": [gold]})
+    errors = NER(NEROptions(), max_length=32, stride=8).error_analysis(examples, [predicted])
+    assert errors["by_type"] == {
+        "LOC": {"wrong_type": 1, "spurious": 1},
+        "MISC": {"missed": 1},
+        "ORG": {"wrong_boundary": 1},
+        "PER": {"exact": 1},
+    }
+    assert errors["examples"]["spurious"][0]["entity"] == [10, 10]

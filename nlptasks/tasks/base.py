@@ -197,6 +197,10 @@ class Task(ABC):
         """Rows that pass the row checks yet look wrong, by kind of problem: `row N: what` for each."""
         return {}
 
+    def error_analysis(self, examples: datasets.Dataset, predictions: list[Any]) -> dict[str, Any]:
+        """The split's errors by kind, with examples (`errors_<split>.json`); empty where the task has none."""
+        return {}
+
     def cut_targets(self, examples: datasets.Dataset, tokenizer: Any) -> int:
         """Targets longer than training keeps (a generating task's target length); 0 where nothing is cut."""
         return 0

@@ -34,6 +34,8 @@ from nlptasks.rundir import write_atomic
 from nlptasks.tasks.base import Task, softmax, text_or_json_row, tokenized
 
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
+CONFUSED_PAIRS = 10
+ERROR_EXAMPLES = 5
 
 
 class ClassificationOptions(Section):
@@ -144,6 +146,23 @@ class Classification(Task):
         if not self.options.multi_label:
             scores["ece"] = expected_calibration_error(*self._confidences(gold, predictions))
         return scores
+
+    def error_analysis(self, examples: datasets.Dataset, predictions: list[dict[str, Any]]) -> dict[str, Any]:
+        """The most confused (gold, predicted) label pairs, most frequent first, with example texts; single-label."""
+        if self.options.multi_label:
+            return {}
+        confused: dict[tuple[str, str], list[str]] = {}
+        for text, labels, prediction in zip(examples["text"], examples["label"], predictions):
+            gold = self._split(labels)[0]
+            if prediction["label"] != gold:
+                confused.setdefault((gold, prediction["label"]), []).append(text)
+        ranked = sorted(confused.items(), key=lambda item: -len(item[1]))[:CONFUSED_PAIRS]
+        return {
+            "confused": [
+                {"gold": gold, "predicted": guess, "count": len(texts), "examples": texts[:ERROR_EXAMPLES]}
+                for (gold, guess), texts in ranked
+            ]
+        }
 
     def _confidences(self, gold: list[list[str]], predictions: list[dict[str, Any]]) -> tuple[list[float], list[bool]]:
         """Each single-label prediction's score and whether its label is the gold one."""

@@ -20,6 +20,9 @@ from nlptasks.metrics.entities import entity_scores
 from nlptasks.tasks.base import Task, softmax, tokenized
 from nlptasks.text import WORD
 
+ERROR_EXAMPLES = 5
+"""Examples kept per kind of error."""
+
 TAG = re.compile(r"^(O|[BI]-\S+)$")
 
 
@@ -55,7 +58,7 @@ class NER(Task):
         return {"tokens": tokens, "ner_tags": names}
 
     def label_counts(self, examples: datasets.Dataset) -> Counter[str]:
-        """Entities per type: each `B-` tag, and each `I-` tag that starts one (what seqeval counts)."""
+        """Entities per type: each `B-` tag, and each `I-` tag that starts one (as conlleval reads it)."""
         return Counter(kind for tags in examples["ner_tags"] for _, kind in _entity_starts(tags))
 
     def data_problems(self, examples: datasets.Dataset) -> dict[str, list[str]]:
@@ -134,6 +137,22 @@ class NER(Task):
 
     def score(self, examples: datasets.Dataset, predictions: list[list[str]]) -> dict[str, float]:
         return entity_scores(examples["ner_tags"], predictions)
+
+    def error_analysis(self, examples: datasets.Dataset, predictions: list[list[str]]) -> dict[str, Any]:
+        """Each gold and predicted entity by kind, per type: `exact`; `wrong_type` (same words, another type);
+        `wrong_boundary` (overlapping a gold entity, other words); `missed` (a gold entity nothing overlaps);
+        `spurious` (a predicted entity overlapping no gold one). Examples show the sentence's words."""
+        counts: dict[str, Counter[str]] = {}
+        examples_by_kind: dict[str, list[dict[str, Any]]] = {}
+        for tokens, gold_tags, tags in zip(examples["tokens"], examples["ner_tags"], predictions):
+            for kind, entity_type, words in entity_errors(_entities(gold_tags), _entities(tags)):
+                counts.setdefault(entity_type, Counter())[kind] += 1
+                if kind != "exact" and len(examples_by_kind.setdefault(kind, [])) < ERROR_EXAMPLES:
+                    examples_by_kind[kind].append(
+                        {"words": " ".join(tokens), "entity": words, "gold": gold_tags, "predicted": tags}
+                    )
+        by_type = {entity_type: dict(found) for entity_type, found in sorted(counts.items())}
+        return {"by_type": by_type, "examples": examples_by_kind}
 
     def examples_from_texts(self, texts: list[str]) -> datasets.Dataset:
         words = [[m.group() for m in WORD.finditer(text)] or [text] for text in texts]
@@ -218,3 +237,26 @@ def _entity_starts(tags: list[str]) -> Iterator[tuple[int, str]]:
         previous = tags[position - 1] if position else "O"
         if tag.startswith("B-") or tag.startswith("I-") and previous[2:] != tag[2:]:
             yield position, tag[2:]
+
+
+def entity_errors(
+    gold: list[tuple[str, int, int]], predicted: list[tuple[str, int, int]]
+) -> Iterator[tuple[str, str, list[int]]]:
+    """(kind, entity type, [first, last] word) for each entity of one sentence; the type is the gold one's
+    except for a spurious entity, which has only its predicted type."""
+
+    def overlaps(a: tuple[str, int, int], b: tuple[str, int, int]) -> bool:
+        return a[1] <= b[2] and b[1] <= a[2]
+
+    for entity in gold:
+        if entity in predicted:
+            yield "exact", entity[0], [entity[1], entity[2]]
+        elif any(p[1:] == entity[1:] for p in predicted):
+            yield "wrong_type", entity[0], [entity[1], entity[2]]
+        elif any(overlaps(p, entity) for p in predicted):
+            yield "wrong_boundary", entity[0], [entity[1], entity[2]]
+        else:
+            yield "missed", entity[0], [entity[1], entity[2]]
+    for entity in predicted:
+        if not any(overlaps(entity, g) for g in gold):
+            yield "spurious", entity[0], [entity[1], entity[2]]

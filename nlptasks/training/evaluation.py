@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable
@@ -13,7 +14,7 @@ from transformers import Trainer
 
 from nlptasks.models import generation
 from nlptasks.recipe import Recipe
-from nlptasks.rundir import RunDir
+from nlptasks.rundir import RunDir, write_atomic
 from nlptasks.tasks.base import Task
 
 log = logging.getLogger("nlptasks")
@@ -61,6 +62,8 @@ def record_split(
     if run_dir is not None:
         run_dir.write_predictions(split, (task.present(example, p) for example, p in zip(examples, predictions)))
         task.write_artifacts(run_dir.root, split, examples, predictions)
+        if errors := task.error_analysis(examples, predictions):
+            write_atomic(run_dir.root / f"errors_{split}.json", json.dumps(errors, indent=1, ensure_ascii=False) + "\n")
     return metrics
 
 
