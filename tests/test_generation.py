@@ -26,6 +26,7 @@ from nlptasks.recipe import DataConfig, GenerationSettings, load_recipe
 from nlptasks.tasks import TASKS
 from nlptasks.tasks.base import Generation
 from nlptasks.tasks.summarization import Summarization
+from nlptasks.tasks.summary_rows import length_report
 from nlptasks.tasks.translation import Translation, TranslationOptions
 
 PAIRS = [
@@ -363,3 +364,19 @@ def test_tiny_t5_overfits_real_multi30k_pairs_to_near_perfect_bleu(data_dir: Pat
         )
     )
     assert result.metrics["test"]["bleu"] > 90, result.metrics["test"]
+
+
+def test_length_and_bleu_by_source_length_reports_on_hand_built_outputs() -> None:
+    report = length_report(["one two", "one two three four five six"], [["one two three four"], ["a b", "c d e f"]])
+    assert (report["summary_words"], report["reference_words"], report["ratio"]) == (4.0, 3.5, 4.0 / 3.5)
+    assert sum(quarter["count"] for quarter in report["by_reference_length"]) == 2
+
+    short, long = "A dog runs.", " ".join(["word"] * 15)
+    pairs = [[{"language": "en", "text": text}, {"language": "de", "text": text}] for text in (short, long)]
+    examples = datasets.Dataset.from_list([{"translation": pair} for pair in pairs])
+    task = Translation(TranslationOptions(), max_length=64, stride=0)
+    errors = task.error_analysis(examples, [Generation(short, 3), Generation("wrong", 1)])
+    assert errors["bleu_by_source_length"] == [
+        {"source_words": "0-10", "count": 1, "bleu": pytest.approx(100.0)},
+        {"source_words": "11-20", "count": 1, "bleu": pytest.approx(0.0)},
+    ]

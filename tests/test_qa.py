@@ -334,3 +334,25 @@ def test_bilstm_reader_ignores_padding_and_learns_to_point_at_the_answer() -> No
     predictions = task.decode(test, test_features, (output.start_logits.numpy(), output.end_logits.numpy()), {})
     exact = task.score(test, predictions)["exact_match"]
     assert exact >= 0.9, f"exact match {exact:.2f} after 120 steps (guessing one of three drinks: 0.33)"
+
+
+def test_answers_by_kind_and_question_word_equal_a_hand_count() -> None:
+    examples = datasets.Dataset.from_dict(
+        {
+            "question": ["Who wrote it?", "When was it written?", "What did she write?", "Name the author."],
+            "context": ["Ada Lovelace wrote the first program in 1843."] * 4,
+            "answers": [
+                {"text": ["Ada Lovelace"], "answer_start": [0]},
+                {"text": ["1843"], "answer_start": [40]},
+                {"text": ["the first program"], "answer_start": [18]},
+                {"text": ["Ada Lovelace"], "answer_start": [0]},
+            ],
+        }
+    )
+    answers = ["Ada Lovelace", "wrote", "first program in 1843", "Lovelace"]
+    errors = QuestionAnswering(QAOptions(), max_length=64, stride=16).error_analysis(
+        examples, [{"answer": a} for a in answers]
+    )
+    assert errors["by_question_word"]["all"] == {"exact": 1, "none": 1, "partial": 2}
+    assert errors["by_question_word"]["who"] == {"exact": 1} and errors["by_question_word"]["other"] == {"partial": 1}
+    assert [shown["answer"] for shown in errors["examples"]["partial"]] == ["first program in 1843", "Lovelace"]

@@ -21,12 +21,16 @@ def squad_scores(answers: list[str], golds: list[list[str]]) -> dict[str, float]
     Gold answers that normalise to nothing are left out; a question left with none is answered
     correctly by the empty answer only (SQuAD v2's no-answer questions).
     """
-    exact, overlap = [], []
-    for answer, texts in zip(answers, golds):
-        kept = [text for text in texts if normalize_answer(text)] or [""]
-        exact.append(max(float(normalize_answer(answer) == normalize_answer(gold)) for gold in kept))
-        overlap.append(max(token_f1(answer, gold) for gold in kept))
+    scores = [answer_scores(answer, texts) for answer, texts in zip(answers, golds)]
+    exact, overlap = [score[0] for score in scores], [score[1] for score in scores]
     return {"exact_match": float(np.mean(exact)), "f1": float(np.mean(overlap))}
+
+
+def answer_scores(answer: str, golds: list[str]) -> tuple[float, float]:
+    """(exact match, token F1) of one answer against its best gold answer."""
+    kept = [text for text in golds if normalize_answer(text)] or [""]
+    exact = max(float(normalize_answer(answer) == normalize_answer(gold)) for gold in kept)
+    return exact, max(token_f1(answer, gold) for gold in kept)
 
 
 def normalize_answer(text: str) -> str:

@@ -44,7 +44,7 @@ from nlptasks.config import Section
 from nlptasks.errors import UserInputError
 from nlptasks.metrics.rouge import ROUGE_TYPES, greedy_oracle, rouge
 from nlptasks.tasks.base import Task, softmax, tokenized
-from nlptasks.tasks.summary_rows import SUMMARY_FEATURES, check_summary_row, gold_summaries
+from nlptasks.tasks.summary_rows import SUMMARY_FEATURES, check_summary_row, gold_summaries, length_report
 from nlptasks.text import Span, split_sentences, split_turns
 
 LABELS = ["skip", "keep"]
@@ -160,6 +160,11 @@ class ExtractiveSummarization(Task):
         metrics = rouge(golds, [[t[i] for i in p["indices"]] for t, p in zip(units, predictions)])
         ceiling = rouge(golds, [[t[i] for i in chosen] for t, chosen in zip(units, oracle)])
         return metrics | {f"oracle_{key}": value for key, value in ceiling.items()}
+
+    def error_analysis(self, examples: datasets.Dataset, predictions: list[dict[str, Any]]) -> dict[str, Any]:
+        units = [self.sentences(document) for document in examples["document"]]
+        chosen = [" ".join(texts[i] for i in p["indices"]) for texts, p in zip(units, predictions)]
+        return {"length": length_report(chosen, gold_summaries(examples))}
 
     def examples_from_texts(self, texts: list[str]) -> datasets.Dataset:
         documents = [text if "\n" in text else text.replace("\\n", "\n") for text in texts]

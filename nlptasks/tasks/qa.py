@@ -26,6 +26,7 @@ every target of the file. A row without answers is an error unless `allow_no_ans
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import datasets
@@ -34,7 +35,7 @@ from pydantic import Field
 
 from nlptasks.config import Section
 from nlptasks.errors import DataError, UserInputError
-from nlptasks.metrics.squad import squad_scores
+from nlptasks.metrics.squad import answer_scores, squad_scores
 from nlptasks.tasks.base import Task, json_input, softmax, tokenized
 
 OUTSIDE = [-1, -1]
@@ -222,6 +223,28 @@ class QuestionAnswering(Task):
         golds = [answers["text"] for answers in examples["answers"]]
         return squad_scores([prediction["answer"] for prediction in predictions], golds)
 
+    def error_analysis(self, examples: datasets.Dataset, predictions: list[dict[str, Any]]) -> dict[str, Any]:
+        """Answers by kind (`exact`; `partial`: words shared with a gold answer; `none`), overall and by the
+        question's first word (what, who, when, ...), with examples of the partial and the wrong."""
+        counts: dict[str, Counter[str]] = {}
+        shown: dict[str, list[dict[str, Any]]] = {"partial": [], "none": []}
+        for example, prediction in zip(examples, predictions):
+            exact, overlap = answer_scores(prediction["answer"], example["answers"]["text"])
+            kind = "exact" if exact else "partial" if overlap else "none"
+            word = _question_word(example["question"])
+            for group in ("all", word):
+                counts.setdefault(group, Counter())[kind] += 1
+            if kind in shown and len(shown[kind]) < ERROR_EXAMPLES:
+                shown[kind].append(
+                    {
+                        "question": example["question"],
+                        "answer": prediction["answer"],
+                        "gold": example["answers"]["text"],
+                    }
+                )
+        by_word = {word: dict(found) for word, found in sorted(counts.items(), key=lambda item: -sum(item[1].values()))}
+        return {"by_question_word": by_word, "examples": shown}
+
     def examples_from_texts(self, texts: list[str | dict[str, str]]) -> datasets.Dataset:
         """Each input is `{"question": ..., "context": ...}`, as a dict or its JSON text."""
         rows = []
@@ -284,3 +307,16 @@ def _token_span(spans: list[list[int]], start: int, end: int) -> tuple[int, int]
     first = next(i for i in inside if spans[i][1] > start)
     last = next(i for i in reversed(inside) if spans[i][0] < end)
     return (first, last) if first <= last else (0, 0)
+
+
+QUESTION_WORDS = ("what", "which", "who", "whom", "whose", "when", "where", "why", "how")
+ERROR_EXAMPLES = 5
+"""Examples kept per kind of error."""
+
+
+def _question_word(question: str) -> str:
+    """The question's wh-word (its first one among the first three words), else `other`."""
+    for word in question.lower().split()[:3]:
+        if word.strip("?,.") in QUESTION_WORDS:
+            return word.strip("?,.")
+    return "other"

@@ -20,7 +20,7 @@ import datasets
 from nlptasks.metrics.rouge import ROUGE_TYPES, rouge
 from nlptasks.tasks.base import Generation
 from nlptasks.tasks.seq2seq import Seq2SeqTask, gen_len
-from nlptasks.tasks.summary_rows import SUMMARY_FEATURES, check_summary_row, gold_summaries
+from nlptasks.tasks.summary_rows import SUMMARY_FEATURES, check_summary_row, gold_summaries, length_report
 from nlptasks.text import sentence_texts
 
 
@@ -55,6 +55,9 @@ class Summarization(Seq2SeqTask):
         """Mean best-reference ROUGE F-measures and `gen_len` (see the module docstring)."""
         summaries = [sentence_texts(prediction.text) for prediction in predictions]
         return rouge(gold_summaries(examples), summaries) | {"gen_len": gen_len(predictions)}
+
+    def error_analysis(self, examples: datasets.Dataset, predictions: list[Generation]) -> dict[str, Any]:
+        return {"length": length_report([prediction.text for prediction in predictions], gold_summaries(examples))}
 
     def empty_prediction(self) -> dict[str, Any]:
         """Nothing to summarize: no summary is generated."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import datasets
+import numpy as np
 
 from nlptasks.tasks.base import nonblank
 
@@ -35,3 +36,29 @@ def gold_summaries(examples: datasets.Dataset) -> list[list[str]]:
     """Each example's reference summaries: its `references` where it has them, else its `summary`."""
     references = examples["references"] if "references" in examples.column_names else [None] * len(examples)
     return [several or [summary] for several, summary in zip(references, examples["summary"])]
+
+
+def length_report(outputs: list[str], golds: list[list[str]]) -> dict[str, Any]:
+    """Summary length against reference length in words, overall and by quarter of reference length:
+    whether a model writes too much or too little, and whether it follows longer references at all."""
+    written = np.asarray([len(text.split()) for text in outputs], dtype=float)
+    wanted = np.asarray([np.mean([len(text.split()) for text in references]) for references in golds])
+    if not len(written):
+        return {}
+    edges = np.unique(np.percentile(wanted, [0, 25, 50, 75, 100]))
+    which = np.clip(np.searchsorted(edges, wanted, side="right") - 1, 0, max(len(edges) - 2, 0))
+    quarters = [
+        {
+            "reference_words": f"{edges[index]:.0f}-{edges[min(index + 1, len(edges) - 1)]:.0f}",
+            "count": int((which == index).sum()),
+            "summary_words": float(written[which == index].mean()),
+            "mean_reference_words": float(wanted[which == index].mean()),
+        }
+        for index in sorted(set(which.tolist()))
+    ]
+    return {
+        "summary_words": float(written.mean()),
+        "reference_words": float(wanted.mean()),
+        "ratio": float(written.mean() / wanted.mean()),
+        "by_reference_length": quarters,
+    }

@@ -31,6 +31,9 @@ from nlptasks.rundir import write_atomic
 from nlptasks.tasks.base import Generation, nonblank
 from nlptasks.tasks.seq2seq import Seq2SeqOptions, Seq2SeqTask, gen_len
 
+SOURCE_LENGTHS = ((0, 10), (11, 20), (21, 30), (31, 10**9))
+"""Source-length buckets in words for BLEU by length."""
+
 Pairs = list[dict[str, str]]
 """One row's texts: `[{"language": "en", "text": ...}, ...]`."""
 
@@ -99,6 +102,23 @@ class Translation(Seq2SeqTask):
         """`bleu` and `chrf` (sacreBLEU, 0-100) and `gen_len` (see the module docstring)."""
         scores = self._sacrebleu(examples, predictions)
         return {"bleu": scores["bleu"]["score"], "chrf": scores["chrf"]["score"], "gen_len": gen_len(predictions)}
+
+    def error_analysis(self, examples: datasets.Dataset, predictions: list[Generation]) -> dict[str, Any]:
+        """BLEU by source length in words: where a model's translations break down as sentences grow."""
+        sources = [_text_in(pairs, self.options.source_lang, i) for i, pairs in enumerate(examples["translation"])]
+        references = [_text_in(pairs, self.options.target_lang, i) for i, pairs in enumerate(examples["translation"])]
+        buckets: dict[tuple[int, int], list[int]] = {}
+        for index, source in enumerate(sources):
+            words = len(source.split())
+            bucket = next(span for span in SOURCE_LENGTHS if span[0] <= words <= span[1])
+            buckets.setdefault(bucket, []).append(index)
+        by_length = []
+        for (shortest, longest), rows in sorted(buckets.items()):
+            hypotheses = [predictions[i].text for i in rows]
+            bleu = sacrebleu_scores(hypotheses, [references[i] for i in rows])["bleu"]["score"]
+            label = f"{shortest}-{longest}" if longest < SOURCE_LENGTHS[-1][1] else f"{shortest}+"
+            by_length.append({"source_words": label, "count": len(rows), "bleu": bleu})
+        return {"bleu_by_source_length": by_length}
 
     def write_artifacts(self, folder: Path, split: str, examples: datasets.Dataset, predictions: list[Any]) -> None:
         """`sacrebleu_<split>.json`: each metric's score, signature and sacreBLEU's own summary line."""
