@@ -85,6 +85,7 @@ def test_a_run_records_ece_before_and_after_and_predicts_with_its_temperature(ti
     assert 0.05 <= temperature <= 20
     assert (result.run_dir / "reliability_test.png").is_file()
     confused = json.loads((result.run_dir / "errors_test.json").read_text())["confused"]
+    assert "## Errors: test" in (result.run_dir / "summary.md").read_text()
     assert all(
         pair["gold"] != pair["predicted"] and min(pair["count"], 5) == len(pair["examples"]) for pair in confused
     )

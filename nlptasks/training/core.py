@@ -117,7 +117,7 @@ def _train_and_evaluate(
             _publish_model(trainer, run_dir)
         metrics["train"].update(footprint(trainer.model, run_dir.model))
         run_dir.write_metrics(metrics)
-        write_atomic(run_dir.summary, summary(recipe, metrics))
+        write_atomic(run_dir.summary, summary(recipe, metrics, run_dir.root))
         held.commit()
     return metrics
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import datasets
 import torch
@@ -14,8 +16,9 @@ from nlptasks.tasks import headline_scores
 from nlptasks.training.settings import resolve_precision
 
 
-def summary(recipe: Recipe, metrics: dict[str, dict[str, float]]) -> str:
-    """A short Markdown page: what ran, how long it took, and the headline metrics (no model: an untrained method)."""
+def summary(recipe: Recipe, metrics: dict[str, dict[str, float]], folder: Path | None = None) -> str:
+    """A short Markdown page: what ran, how long it took, the headline metrics (no model: an untrained method),
+    and each scored split's error analysis found in `folder` (`errors_<split>.json`) as tables."""
     train = metrics["train"]
     lines = [
         f"# {recipe.task} · {recipe.model} · {recipe.method}",
@@ -36,7 +39,39 @@ def summary(recipe: Recipe, metrics: dict[str, dict[str, float]]) -> str:
         if split != "train":
             shown = headline_scores(recipe.task, values)
             lines += [f"| {split} | {name} | {value:.4f} |" for name, value in shown.items()]
+    for path in sorted(folder.glob("errors_*.json")) if folder else []:
+        lines += ["", f"## Errors: {path.stem.removeprefix('errors_')}", *error_tables(json.loads(path.read_text()))]
     return "\n".join(lines) + "\n"
+
+
+def error_tables(errors: dict[str, Any]) -> list[str]:
+    """Markdown for any task's error analysis: a table per set of rows, a line per number, examples left out."""
+    lines = []
+    for name, value in errors.items():
+        if name == "examples":
+            continue
+        if rows := _rows(name, value):
+            columns = list(dict.fromkeys(key for row in rows for key in row if key != "examples"))
+            lines += ["", f"{name}:", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            lines += ["| " + " | ".join(_cell(row.get(column, 0)) for column in columns) + " |" for row in rows]
+        elif isinstance(value, dict):
+            lines += error_tables(value)
+        elif isinstance(value, int | float):
+            lines.append(f"- {name}: {_cell(value)}")
+    return lines
+
+
+def _rows(name: str, value: Any) -> list[dict[str, Any]] | None:
+    """Table rows: a list of dicts as it is, or a mapping of names to dicts as rows led by the name."""
+    if isinstance(value, list) and all(isinstance(row, dict) for row in value):
+        return value
+    if isinstance(value, dict) and value and all(isinstance(row, dict) for row in value.values()):
+        return [{name.removeprefix("by_"): key, **row} for key, row in value.items()]
+    return None
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _skipped_line(train: dict[str, float]) -> list[str]:

@@ -39,5 +39,5 @@ def run_untrained_method(
         metrics[split] = record_split(task, splits[split], predictions, started, written, split)
     if main:
         run_dir.write_metrics(metrics)
-        write_atomic(run_dir.summary, summary(recipe, metrics))
+        write_atomic(run_dir.summary, summary(recipe, metrics, run_dir.root))
     return metrics
