@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import html
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,9 @@ def _report(runs: list[FinishedRun], plots: list[Path]) -> str:
     per_class = _per_class_table(runs)
     if per_class:
         lines += ["## Per class / entity type (F1)", "", per_class, ""]
+    errors = _errors_table(runs)
+    if errors:
+        lines += ["## Errors (each run's report split, `errors_<split>.json`)", "", errors, ""]
     for plot in plots:
         lines += [f"![{plot.stem}]({plot.name})", ""]
     lines += ["## Runs", ""]
@@ -118,6 +122,41 @@ def _per_class_table(runs: list[FinishedRun]) -> str:
         for name in classes
     ]
     return _table(["class", *(run.name for run in runs)], rows)
+
+
+def _errors_table(runs: list[FinishedRun]) -> str:
+    """Every count and score of the runs' error analyses, a row each, a column per run."""
+    found = {}
+    for run in runs:
+        path = run.folder / f"errors_{run.split}.json"
+        found[run.name] = flat_numbers(json.loads(path.read_text())) if path.is_file() else {}
+    keys = list(dict.fromkeys(key for numbers in found.values() for key in numbers))
+    if not keys:
+        return ""
+    rows = [[key] + [_number(found[run.name].get(key), "{:.4g}") for run in runs] for key in keys]
+    return _table(["error", *(run.name for run in runs)], rows)
+
+
+def flat_numbers(value: Any, prefix: str = "") -> dict[str, float]:
+    """The numbers in an error analysis by dotted path (`by_type.LOC.missed`); a row of a list is named by its
+    texts (`bleu_by_source_length.0-10.bleu`, `confused.neg / pos.count`); examples left out."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return {prefix: float(value)}
+    if isinstance(value, list):
+        value = {
+            " / ".join(v for v in row.values() if isinstance(v, str)): {
+                k: v for k, v in row.items() if not isinstance(v, str)
+            }
+            for row in value
+            if isinstance(row, dict)
+        }
+    if not isinstance(value, dict):
+        return {}
+    numbers: dict[str, float] = {}
+    for key, item in value.items():
+        if key != "examples":
+            numbers.update(flat_numbers(item, f"{prefix}.{key}" if prefix else str(key)))
+    return numbers
 
 
 def _number(value: float | None, style: str) -> str:

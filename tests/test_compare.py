@@ -34,6 +34,9 @@ def test_report_of_a_transformer_and_a_recurrent_baseline(
     assert f"{f1:.4f}" in bert_row and "| test |" in bert_row
     assert any(row.startswith("| ner-bilstm ") for row in rows)  # the recipe was run, then read
     assert "## Per class / entity type (F1)" in report and "| LOC |" in report
+    errors = json.loads((bert / "errors_test.json").read_text())["by_type"]
+    kind, count = next(iter(errors["LOC"].items()))
+    assert f"| by_type.LOC.{kind} | {count} |" in report  # error kinds side by side, a column per run
     assert (tmp_path / "r" / "learning_curves.png").stat().st_size > 1000
     assert (tmp_path / "r" / "validation_curves.png").is_file()
     page = (tmp_path / "r" / "report.html").read_text()
