@@ -22,16 +22,16 @@ def test_smollm2_decoder_learns_ner_through_the_same_recipe(data_dir: Path, tmp_
         "ner/smollm2",
         {
             "output_dir": str(tmp_path / "smol"),
-            "train.max_steps": 60,
+            "train.max_steps": 40,
             "train.batch_size": 16,
             "train.learning_rate": 2.0e-4,
             "train.eval_strategy": "no",
-            "data.max_train_samples": 960,
+            "data.max_train_samples": 640,
             "data.max_eval_samples": 200,
             "eval.splits": ["test"],
         },
     )
-    assert result.metrics["test"]["f1"] > 0.45, result.metrics["test"]  # measured 0.60 (60 steps, 143 s)
+    assert result.metrics["test"]["f1"] > 0.45, result.metrics["test"]  # measured 0.61
 
 
 def squad_slice(data_dir: Path, titles: int) -> tuple[list, list[dict]]:
