@@ -79,13 +79,14 @@ def main() -> None:
                    str(args.batch_size), "--child", str(folder), engine]  # fmt: skip
         measured[name] = measured_child(command, name)
     base = measured["transformers"][0]["per_second"]
-    overrides = " ".join(f"--set {item}" for item in args.set)
+    options = [*(f"--set {item}" for item in args.set), *([f"--run {args.run}"] if args.run else [])]
+    options += [f"--examples {args.examples}", f"--batch-size {args.batch_size}"]
     lines = [
         f"### Decoding engines: {args.recipe} ({date.today()})",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores. Command: "
         f"`NLPTASKS_DATA_DIR=../shared/data .venv/bin/python benchmarks/generation_engines.py {args.recipe} "
-        f"{overrides} --examples {args.examples} --batch-size {args.batch_size} --results`. Run `{run_dir}`; "
+        f"{' '.join(options)} --results`. Run `{run_dir}`; "
         f"the first {args.examples} test rows, batch {args.batch_size}, the recipe's `generation` settings.",
         "",
         "| engine | examples/s | × transformers | main metric | gen_len | peak RSS MB |",
