@@ -124,17 +124,36 @@ def _converter_quiet() -> Iterator[None]:
 
 
 class CTranslate2Model:
-    """A CTranslate2 translator (encoder-decoder) or generator (decoder) behind `generate_ids`."""
+    """A CTranslate2 translator (encoder-decoder) or generator (decoder) behind `generate_ids`.
+
+    On the CPU a batch is split across one single-threaded worker per torch thread (`inter_threads`):
+    a small model's decoding steps are too short for threads to share one. A caller that decodes one
+    input at a time (RAG's answers) sets `batches_in_parallel=False`: every thread then works on it.
+    """
 
     def __init__(
-        self, folder: Path, config: PretrainedConfig, generation_config: GenerationConfig, quantize: str | None = None
+        self,
+        folder: Path,
+        config: PretrainedConfig,
+        generation_config: GenerationConfig,
+        quantize: str | None = None,
+        batches_in_parallel: bool = True,
     ) -> None:
         ctranslate2 = _ctranslate2()
         path = folder / FOLDER
         engine = ctranslate2.Translator if config.is_encoder_decoder else ctranslate2.Generator
         device = "cuda" if ctranslate2.get_cuda_device_count() else "cpu"
         compute_type = quantize or "default"  # default: as stored (an int8 export runs in int8)
-        self.engine = engine(str(path), device=device, compute_type=compute_type, intra_threads=torch.get_num_threads())
+        threads = torch.get_num_threads()
+        self.workers = threads if batches_in_parallel and device == "cpu" else 1
+        self.engine = engine(
+            str(path),
+            device=device,
+            compute_type=compute_type,
+            inter_threads=self.workers,
+            intra_threads=threads // self.workers,
+        )
+        self.batches_in_parallel = batches_in_parallel
         self.folder = folder
         self.quantize = quantize
         self.config = config
@@ -144,18 +163,20 @@ class CTranslate2Model:
         self.input_names = ["input_ids", "attention_mask", "labels"]
 
     @classmethod
-    def of(cls, model: Any, tokenizer: Any, folder: Path, quantize: str | None = None) -> CTranslate2Model:
+    def of(
+        cls, model: Any, tokenizer: Any, folder: Path, quantize: str | None = None, batches_in_parallel: bool = True
+    ) -> CTranslate2Model:
         """The engine for an in-memory model: its conversion in `folder` if there, else converted there now."""
         if not is_ctranslate2_folder(folder):
             log.info("converting the model for CTranslate2 into %s", folder / FOLDER)
             convert(model, tokenizer, folder)
-        return cls(folder, model.config, model.generation_config, quantize)
+        return cls(folder, model.config, model.generation_config, quantize, batches_in_parallel)
 
     def quantized(self, quantize: str | None) -> CTranslate2Model:
         """This engine, or the same conversion loaded again to run in int8 (`quantize`) or as stored (None)."""
         if quantize == self.quantize:
             return self
-        return CTranslate2Model(self.folder, self.config, self.generation_config, quantize)
+        return CTranslate2Model(self.folder, self.config, self.generation_config, quantize, self.batches_in_parallel)
 
     def can_generate(self) -> bool:
         return True
@@ -170,11 +191,13 @@ class CTranslate2Model:
             [self.vocabulary[i] for i in ids[mask.bool()].tolist()] for ids, mask in zip(input_ids, attention_mask)
         ]
         if self.config.is_encoder_decoder:
-            results = self.engine.translate_batch(inputs, **options)
+            results = self.engine.translate_batch(inputs, max_batch_size=-(-len(inputs) // self.workers), **options)
             outputs = [[self.token_ids[token] for token in result.hypotheses[0]] for result in results]
             start = torch.full((len(inputs), 1), self.generation_config.decoder_start_token_id or 0)
             return torch.cat([start, self._padded(outputs)], dim=1)
-        results = self.engine.generate_batch(inputs, include_prompt_in_result=False, **options)
+        results = self.engine.generate_batch(
+            inputs, max_batch_size=-(-len(inputs) // self.workers), include_prompt_in_result=False, **options
+        )
         return torch.cat([input_ids, self._padded([result.sequences_ids[0] for result in results])], dim=1)
 
     def _padded(self, sequences: list[list[int]]) -> torch.Tensor:

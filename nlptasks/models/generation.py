@@ -49,17 +49,24 @@ def configure(model: PreTrainedModel, settings: GenerationSettings) -> None:
         decoding_options(model.generation_config, model.config.is_encoder_decoder)  # refused now, not mid-decoding
 
 
-def generator(model: Any, tokenizer: Any, settings: GenerationSettings, folder: Callable[[], Path]) -> Any:
+def generator(
+    model: Any,
+    tokenizer: Any,
+    settings: GenerationSettings,
+    folder: Callable[[], Path],
+    batches_in_parallel: bool = True,
+) -> Any:
     """What decodes for `settings.engine`: the model itself, or its CTranslate2 engine (in int8 with `quantize`).
 
-    A transformers model is converted into `folder()` unless a conversion is there already.
+    A transformers model is converted into `folder()` unless a conversion is there already;
+    `batches_in_parallel=False` for a caller that decodes one input at a time (`CTranslate2Model`).
     """
     if settings.engine == "transformers":
         return model
     if isinstance(model, CTranslate2Model):
         engine = model.quantized(settings.quantize)
     else:
-        engine = CTranslate2Model.of(model, tokenizer, folder(), settings.quantize)
+        engine = CTranslate2Model.of(model, tokenizer, folder(), settings.quantize, batches_in_parallel)
     configure(engine, settings)
     return engine
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -62,7 +63,8 @@ class DecoderGenerator:
         configure(self.model, settings.generation)
         if self.model.generation_config.pad_token_id is None:
             self.model.generation_config.pad_token_id = self.tokenizer.eos_token_id
-        self.generator = generator(self.model, self.tokenizer, settings.generation, lambda: conversion_cache(location))
+        cache = partial(conversion_cache, location)  # called only if the engine is ctranslate2
+        self.generator = generator(self.model, self.tokenizer, settings.generation, cache, batches_in_parallel=False)
         self.head, self.tail = prompt_frame(self.tokenizer, RULES)
         context_length = getattr(self.model.config, "max_position_embeddings", settings.max_context_tokens)
         self.budget = min(settings.max_context_tokens, context_length - settings.generation.max_new_tokens)
