@@ -27,6 +27,7 @@ from nlptasks.data import load_splits, row_errors
 from nlptasks.recipe import Recipe
 from nlptasks.tasks import task_for
 from nlptasks.tasks.base import Task
+from nlptasks.training.evaluation import unseen_labels
 
 EXAMPLES = 3
 """Examples shown per finding."""
@@ -84,7 +85,7 @@ def _split_report(
         "problems": {kind: {"count": len(rows), "examples": rows[:EXAMPLES]} for kind, rows in problems.items()},
     }
     if train_labels is not None:
-        report["unseen_labels"] = sorted(set(task.label_list(split)) - set(train_labels))
+        report["unseen_labels"] = unseen_labels(task, split, train_labels)
     return report
 
 
