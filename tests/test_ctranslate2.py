@@ -7,15 +7,23 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from test_generation import PAIRS, pair_rows, recipe, write_rows
 from test_rnn_seq2seq import random_model
-from transformers import AutoTokenizer, BertConfig, EncoderDecoderConfig, EncoderDecoderModel
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    EncoderDecoderConfig,
+    EncoderDecoderModel,
+    NoRepeatNGramLogitsProcessor,
+)
 
 import nlptasks
 from nlptasks.cli import main
 from nlptasks.engines.ctranslate2 import CTranslate2Model, convert
 from nlptasks.errors import RecipeError
+from nlptasks.models.generation import GeneratedNoRepeatNGram
 from nlptasks.serve import create_app
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -114,6 +122,8 @@ def test_a_tiny_llama_and_its_lora_export_decode_as_transformers(tiny_llama: Pat
         recipe("translation", files, str(tiny_llama), tmp_path / "full", train={"learning_rate": 5e-3})
     ).run_dir
     assert predictions(full, engine="ctranslate2", **GREEDY) == predictions(full, **GREEDY)
+    blocking = {**GREEDY, "no_repeat_ngram_size": 2}
+    assert predictions(full, engine="ctranslate2", **blocking) == predictions(full, **blocking)
 
     lora = nlptasks.run(
         recipe("translation", files, str(tiny_llama), tmp_path / "lora", train={"learning_rate": 5e-3})
@@ -122,6 +132,16 @@ def test_a_tiny_llama_and_its_lora_export_decode_as_transformers(tiny_llama: Pat
     exported = nlptasks.export(lora, tmp_path / "lora-ct2", format="ctranslate2")
     assert predictions(exported) == predictions(lora)  # LoRA merged into the converted weights
     assert nlptasks.load(lora).model.peft_config  # the run itself keeps its adapter
+
+
+def test_a_decoders_ngram_blocking_covers_its_generated_tokens_not_its_prompt() -> None:
+    """As CTranslate2 and encoder-decoders block: a summary may repeat three words of its dialogue."""
+    scores = torch.zeros(1, 10)
+    prompt_then_7 = torch.tensor([[7, 8, 9, 7]])
+    assert torch.isinf(NoRepeatNGramLogitsProcessor(2)(prompt_then_7, scores)[0, 8])  # transformers' own
+    assert not torch.isinf(GeneratedNoRepeatNGram(2, prompt_width=3)(prompt_then_7, scores)).any()
+    repeated = GeneratedNoRepeatNGram(2, prompt_width=3)(torch.tensor([[7, 8, 9, 7, 5, 7]]), scores)
+    assert torch.isinf(repeated[0]).nonzero().flatten().tolist() == [5]
 
 
 def test_what_ctranslate2_cannot_do_is_refused_with_the_reason(

@@ -10,6 +10,7 @@ the same way under bare `transformers`.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from peft import PeftModel
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import GenerationConfig, NoRepeatNGramLogitsProcessor, PreTrainedModel
 
 from nlptasks.engines.ctranslate2 import CTranslate2Model, decoding_options
 from nlptasks.errors import RecipeError
@@ -87,7 +88,33 @@ def generate_ids(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torc
     if model.config.is_encoder_decoder:
         return model.generate(**{key: batch[key] for key in GENERATION_INPUTS if key in batch})[:, 1:]
     prompts = left_padded_prompts(batch, model.generation_config.pad_token_id or 0)
-    return model.generate(**prompts)[:, prompts["input_ids"].shape[1] :]
+    width = prompts["input_ids"].shape[1]
+    return model.generate(**prompts, **_ngram_blocking_after(model, width))[:, width:]
+
+
+def _ngram_blocking_after(model: Any, prompt_width: int) -> dict[str, Any]:
+    """`no_repeat_ngram_size` over the generated tokens only, as CTranslate2 and encoder-decoders apply it.
+
+    transformers blocks a decoder's n-grams over the whole sequence, prompt included, so a summary
+    could not repeat any three words of the dialogue it summarizes (`#Person1# said` included).
+    """
+    size = model.generation_config.no_repeat_ngram_size or 0
+    if size == 0 or isinstance(model, CTranslate2Model):
+        return {}
+    config = copy.deepcopy(model.generation_config)
+    config.no_repeat_ngram_size = 0
+    return {"generation_config": config, "logits_processor": [GeneratedNoRepeatNGram(size, prompt_width)]}
+
+
+class GeneratedNoRepeatNGram(NoRepeatNGramLogitsProcessor):
+    """transformers' n-gram blocking over the tokens after the first `prompt_width` of each row."""
+
+    def __init__(self, ngram_size: int, prompt_width: int) -> None:
+        super().__init__(ngram_size)
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return super().__call__(input_ids[:, self.prompt_width :], scores)
 
 
 def left_padded_prompts(batch: dict[str, torch.Tensor], pad_token_id: int) -> dict[str, torch.Tensor]:
