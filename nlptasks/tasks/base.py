@@ -49,6 +49,8 @@ class Task(ABC):
     per-class, per-type and diagnostic rest is in metrics.json. Metrics a run lacks are left out."""
     auto_model: ClassVar[str]
     """The `transformers` Auto class that gives any architecture this task's head."""
+    pipeline_tag: ClassVar[str]
+    """The Hub's task category for a model of this task (a model card's `pipeline_tag`)."""
     Options: ClassVar[type[Section]] = NoOptions
     label_names: ClassVar[tuple[str, ...]] = ("labels",)
     """Feature columns holding training targets: the Trainer's `label_names`, never inputs at predict."""

@@ -58,6 +58,7 @@ class Classification(Task):
     main_metric = "accuracy"
     headline_metrics = ("accuracy", "macro_f1", "micro_f1")
     auto_model = "AutoModelForSequenceClassification"
+    pipeline_tag = "text-classification"
     Options = ClassificationOptions
     options: ClassificationOptions
     integer_labels = True

@@ -78,6 +78,7 @@ class ExtractiveSummarization(Task):
     main_metric = "rouge1"
     headline_metrics = ROUGE_TYPES
     auto_model = "AutoModelForTokenClassification"
+    pipeline_tag = "summarization"
     Options = ExtractiveOptions
 
     @classmethod

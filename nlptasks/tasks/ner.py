@@ -38,6 +38,7 @@ class NER(Task):
     main_metric = "f1"
     headline_metrics = ("f1", "precision", "recall", "macro_f1")
     auto_model = "AutoModelForTokenClassification"
+    pipeline_tag = "token-classification"
     Options = NEROptions
     integer_labels = True
 

@@ -60,6 +60,7 @@ class QuestionAnswering(Task):
     main_metric = "f1"
     headline_metrics = ("exact_match", "f1")
     auto_model = "AutoModelForQuestionAnswering"
+    pipeline_tag = "question-answering"
     Options = QAOptions
     options: QAOptions
     label_names = ("start_positions", "end_positions")

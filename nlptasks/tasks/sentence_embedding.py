@@ -60,6 +60,7 @@ class SentenceEmbedding(Task):
     main_metric = "spearman"
     headline_metrics = ("spearman", "pearson")
     auto_model = "AutoModel"
+    pipeline_tag = "sentence-similarity"
     model_outputs = ("last_hidden_state",)
     Options = SentenceEmbeddingOptions
     options: SentenceEmbeddingOptions

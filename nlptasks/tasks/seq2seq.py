@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import datasets
 import numpy as np
@@ -61,9 +61,16 @@ class Seq2SeqTask(Task):
     decoder_only = False
     """The model is a decoder-only causal LM, not an encoder-decoder (set by `use_model_family`)."""
 
+    encoder_decoder_pipeline: ClassVar[str]
+    """The Hub's task category for an encoder-decoder model of this task; a decoder-only one's is text generation."""
+
     @property
     def auto_model(self) -> str:
         return "AutoModelForCausalLM" if self.decoder_only else "AutoModelForSeq2SeqLM"
+
+    @property
+    def pipeline_tag(self) -> str:
+        return "text-generation" if self.decoder_only else self.encoder_decoder_pipeline
 
     def use_model_family(self, family: str) -> None:
         self.decoder_only = family == "decoder"

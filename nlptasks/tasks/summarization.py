@@ -29,6 +29,7 @@ class Summarization(Seq2SeqTask):
     input_column = "document"
     target_column = "summary"
     main_metric = "rougeL"
+    encoder_decoder_pipeline = "summarization"
     headline_metrics = (*ROUGE_TYPES, "gen_len")
 
     @classmethod

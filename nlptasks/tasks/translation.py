@@ -56,6 +56,7 @@ class Translation(Seq2SeqTask):
     input_column = "translation"
     target_column = "translation"
     main_metric = "bleu"
+    encoder_decoder_pipeline = "translation"
     headline_metrics = ("bleu", "chrf", "gen_len")
     Options = TranslationOptions
     options: TranslationOptions

@@ -19,7 +19,7 @@ from nlptasks.rundir import Claim, RunDir, write_atomic
 def callbacks(recipe: Recipe, run_dir: RunDir, args: TrainingArguments, held: Claim) -> list[TrainerCallback]:
     """The callbacks a recipe asks for; TensorBoard in the main process only."""
     callbacks: list[TrainerCallback] = [CSVLogCallback(run_dir.logs / "metrics.csv"), CommitOnSave(held)]
-    if args.process_index == 0:
+    if args.process_index == 0 and "tensorboard" in recipe.train.report_to:
         from torch.utils.tensorboard import SummaryWriter
 
         callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run_dir.logs / "tensorboard"))))

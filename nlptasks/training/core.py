@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -11,18 +12,20 @@ from typing import Any
 
 import datasets
 import torch
-from transformers import TrainingArguments, set_seed
+from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from nlptasks import adapters, catalog, heap, models, sharding
 from nlptasks.console import logging_to
 from nlptasks.data import load_splits, pad_batch
 from nlptasks.engines.ctranslate2 import check_convertible
 from nlptasks.errors import DataError
+from nlptasks.modelcard import write_model_card
 from nlptasks.models import generation
 from nlptasks.recipe import Recipe, changed_settings, dump_recipe
 from nlptasks.rundir import Claim, RunDir, claim, last_complete_checkpoint, write_atomic
 from nlptasks.tasks import task_for
 from nlptasks.tasks.base import Task, lengths_of, sorted_by_length
+from nlptasks.training import tracking
 from nlptasks.training.callbacks import callbacks
 from nlptasks.training.evaluation import (
     calibrate,
@@ -46,10 +49,11 @@ class RunResult:
     recipe: Recipe = field(repr=False)
 
 
-def run(recipe: Recipe, overwrite: bool = False) -> RunResult:
+def run(recipe: Recipe, overwrite: bool = False, callbacks: Sequence[TrainerCallback] = ()) -> RunResult:
     """Train and evaluate a recipe in its run directory, resuming the same recipe's last checkpoint if any.
 
-    A folder holding another recipe's run is refused unless `overwrite` (see `rundir.claim`).
+    A folder holding another recipe's run is refused unless `overwrite` (see `rundir.claim`). `callbacks`
+    join the Trainer's own (a search's pruning, for one).
     """
     sharding.share_cpu_threads(on_cpu=not torch.cuda.is_available())
     task = checked_task(recipe)
@@ -57,8 +61,13 @@ def run(recipe: Recipe, overwrite: bool = False) -> RunResult:
     with args.main_process_first(local=False, desc="run directory"):
         held = claim(recipe.run_dir, partial(changed_settings, recipe=recipe), overwrite, args.process_index == 0)
     try:
-        with logging_to(held.run_dir.logs / "train.log"):
-            return RunResult(held.run_dir.root, _train_and_evaluate(recipe, task, args, held), recipe)
+        with (
+            logging_to(held.run_dir.logs / "train.log"),
+            tracking.tracked(recipe, held.run_dir, args.process_index == 0) as finish,
+        ):
+            metrics = _train_and_evaluate(recipe, task, args, held, callbacks)
+            finish(metrics)
+            return RunResult(held.run_dir.root, metrics, recipe)
     finally:
         held.release()
 
@@ -68,6 +77,7 @@ def checked_task(recipe: Recipe) -> Task:
     its task options, that its model and dataset names resolve, its `model_args`."""
     task = task_for(recipe)
     catalog.check_model(recipe.model, recipe.model_args)
+    tracking.check_integrations(recipe)
     if recipe.data.name and not recipe.data.train_file:
         catalog.check_dataset(recipe.data.name)
     if recipe.data.train_name:
@@ -76,7 +86,7 @@ def checked_task(recipe: Recipe) -> Task:
 
 
 def _train_and_evaluate(
-    recipe: Recipe, task: Task, args: TrainingArguments, held: Claim
+    recipe: Recipe, task: Task, args: TrainingArguments, held: Claim, extra_callbacks: Sequence[TrainerCallback]
 ) -> dict[str, dict[str, float]]:
     run_dir = held.run_dir
     main = args.process_index == 0
@@ -96,7 +106,7 @@ def _train_and_evaluate(
         held.commit()
         return metrics
 
-    trainer, features, resume_from = _trainer(recipe, task, args, held, splits)
+    trainer, features, resume_from = _trainer(recipe, task, args, held, splits, extra_callbacks)
     before = score_before_training(trainer, task, recipe, splits, features) if not resume_from else {}
     started = time.perf_counter()
     outcome = trainer.train(resume_from_checkpoint=resume_from)
@@ -117,6 +127,7 @@ def _train_and_evaluate(
             _publish_model(trainer, run_dir)
         metrics["train"].update(footprint(trainer.model, run_dir.model))
         run_dir.write_metrics(metrics)
+        write_model_card(run_dir.model, recipe, task, metrics)
         write_atomic(run_dir.summary, summary(recipe, metrics, run_dir.root))
         held.commit()
     return metrics
@@ -137,7 +148,12 @@ def _generator(trainer: TaskTrainer, task: Task, recipe: Recipe, run_dir: RunDir
 
 
 def _trainer(
-    recipe: Recipe, task: Task, args: TrainingArguments, held: Claim, splits: datasets.DatasetDict
+    recipe: Recipe,
+    task: Task,
+    args: TrainingArguments,
+    held: Claim,
+    splits: datasets.DatasetDict,
+    extra_callbacks: Sequence[TrainerCallback],
 ) -> tuple[TaskTrainer, dict[str, datasets.Dataset], str | None]:
     """The Trainer over the built model, the tokenized splits, and the checkpoint to resume from, if any."""
     labels = _labels(task, splits)
@@ -156,7 +172,7 @@ def _trainer(
             task, tokenizer, splits["validation"], features["validation"], model.config.id2label
         ),
         processing_class=tokenizer,
-        callbacks=callbacks(recipe, held.run_dir, args, held),
+        callbacks=[*callbacks(recipe, held.run_dir, args, held), *extra_callbacks],
         compute_loss_func=task.loss_function(splits["train"], label2id),
         lengths=lengths_of(features["train"]) if recipe.train.group_by_length else None,
         generates=task.generates,

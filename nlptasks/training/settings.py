@@ -19,6 +19,7 @@ def training_arguments(recipe: Recipe, run_dir: RunDir, task: Task) -> TrainingA
     evaluating = train.eval_strategy != "no"
     return TrainingArguments(
         output_dir=str(run_dir.checkpoints),
+        run_name=run_dir.root.name,
         num_train_epochs=train.epochs,
         max_steps=train.max_steps,
         per_device_train_batch_size=train.batch_size,
@@ -43,7 +44,7 @@ def training_arguments(recipe: Recipe, run_dir: RunDir, task: Task) -> TrainingA
         metric_for_best_model=train.metric_for_best_model or task.main_metric,
         greater_is_better=(train.metric_for_best_model or task.main_metric) != "loss",
         logging_steps=train.logging_steps,
-        report_to="none",
+        report_to=[name for name in train.report_to if name != "tensorboard"] or "none",
         dataloader_num_workers=train.num_workers,
         activation_checkpointing=train.gradient_checkpointing,
         label_names=list(task.label_names),
