@@ -154,7 +154,6 @@ class CTranslate2Model:
             intra_threads=threads // self.workers,
         )
         self.batches_in_parallel = batches_in_parallel
-        self.device = device
         self.folder = folder
         self.quantize = quantize
         self.config = config
@@ -196,11 +195,11 @@ class CTranslate2Model:
             outputs = [[self.token_ids[token] for token in result.hypotheses[0]] for result in results]
             start = torch.full((len(inputs), 1), self.generation_config.decoder_start_token_id or 0)
             return torch.cat([start, self._padded(outputs)], dim=1)
-        # CTranslate2 reads a batch's prompts past the shortest one token at a time, as forced decoding steps:
-        # slower than one prompt alone on a CPU, and those prompt tokens enter `no_repeat_ngram_size`'s history.
-        one_by_one = self.device == "cpu" or options["no_repeat_ngram_size"]
+        # CTranslate2 reads a batch's prompts past the shortest one as forced decoding steps, whose tokens then
+        # enter `no_repeat_ngram_size`'s history: with n-gram blocking, each prompt is a batch of its own.
+        per_batch = 1 if options["no_repeat_ngram_size"] else -(-len(inputs) // self.workers)
         results = self.engine.generate_batch(
-            inputs, max_batch_size=1 if one_by_one else len(inputs), include_prompt_in_result=False, **options
+            inputs, max_batch_size=per_batch, include_prompt_in_result=False, **options
         )
         return torch.cat([input_ids, self._padded([result.sequences_ids[0] for result in results])], dim=1)
 
