@@ -40,8 +40,14 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `-n 2` on two cores: one torc
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Slow tests first: parallel workers then end together instead of one finishing a long test alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Slow tests first, the longest first (`@pytest.mark.slow(seconds=...)`, about what one takes in the suite):
+    parallel workers then end together on short tests instead of one finishing a long test alone."""
+    items.sort(key=lambda item: -_expected_seconds(item))
+
+
+def _expected_seconds(item: pytest.Item) -> float:
+    slow = item.get_closest_marker("slow")
+    return 0 if slow is None else slow.kwargs.get("seconds", 30)
 
 
 @pytest.fixture

@@ -219,7 +219,7 @@ def test_summarization_with_a_tiny_decoder_scores_labelled_files_as_the_run_did(
     assert rescored["rougeL"] == pytest.approx(result.metrics["test"]["rougeL"])
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=115)
 @pytest.mark.integration
 def test_a_tiny_decoder_overfits_real_multi30k_pairs_to_a_high_bleu(data_dir: Path, tmp_path: Path, tiny_llama) -> None:
     """Two dozen real pairs learnt by heart through chat prompts, the loss mask, packing and left-padded generation.

@@ -16,6 +16,7 @@ import nlptasks
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
+@pytest.mark.slow(seconds=210)
 def test_smollm2_decoder_learns_ner_through_the_same_recipe(data_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("gguf", reason="the GGUF reader converts SmolLM2's weights")
     result = nlptasks.run(
@@ -61,6 +62,7 @@ def test_smollm2_answers_from_the_retrieved_passage_and_cites_it(data_dir: Path,
     assert unrelated.ask("What is the boiling point of mercury?")["found"] is False  # nothing retrieved
 
 
+@pytest.mark.slow(seconds=140)
 def test_cranfield_hybrid_retrieval_beats_dense_and_bm25_alone(data_dir: Path, tmp_path: Path) -> None:
     from nlptasks import rag
 

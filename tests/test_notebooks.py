@@ -28,6 +28,8 @@ class Expectation:
     parameters: dict[str, Any] = field(default_factory=dict)
     """Values replacing the notebook's `parameters` cell in the test (papermill's convention)."""
     needs_data: bool = True
+    seconds: int = 60
+    """About how long the test runs in the suite: the longest notebooks start first (conftest)."""
 
 
 def run_notebook(path: Path, parameters: dict[str, Any]) -> Namespace:
@@ -138,18 +140,18 @@ def rnn_to_transformer(ns: Namespace) -> None:
 
 
 EXPECTED = {
-    "01_quickstart.ipynb": Expectation(quickstart, needs_data=False),
-    "02_named_entity_recognition.ipynb": Expectation(ner, {"STEPS": 150}),
-    "03_text_classification.ipynb": Expectation(classification),
-    "04_question_answering.ipynb": Expectation(question_answering, {"STEPS": 100, "EVAL_QUESTIONS": 200}),
-    "05_extractive_summarization.ipynb": Expectation(extractive_summarization),
+    "01_quickstart.ipynb": Expectation(quickstart, needs_data=False, seconds=105),
+    "02_named_entity_recognition.ipynb": Expectation(ner, {"STEPS": 150}, seconds=117),
+    "03_text_classification.ipynb": Expectation(classification, seconds=93),
+    "04_question_answering.ipynb": Expectation(question_answering, {"STEPS": 100, "EVAL_QUESTIONS": 200}, seconds=330),
+    "05_extractive_summarization.ipynb": Expectation(extractive_summarization, seconds=210),
     "06_abstractive_summarization.ipynb": Expectation(
-        abstractive_summarization, {"TRAIN_DIALOGUES": 8, "EVAL_DIALOGUES": 6}
+        abstractive_summarization, {"TRAIN_DIALOGUES": 8, "EVAL_DIALOGUES": 6}, seconds=90
     ),
     "07_translation.ipynb": Expectation(translation, {"TRAIN_PAIRS": 3000, "EPOCHS": 1, "EVAL_PAIRS": 100}),
-    "08_lora_and_qlora.ipynb": Expectation(lora, {"QLORA_STEPS": 2, "EVAL_SENTENCES": 100}),
-    "09_simcse_sentence_embeddings.ipynb": Expectation(simcse),
-    "10_retrieval_augmented_generation.ipynb": Expectation(rag),
+    "08_lora_and_qlora.ipynb": Expectation(lora, {"QLORA_STEPS": 2, "EVAL_SENTENCES": 100}, seconds=360),
+    "09_simcse_sentence_embeddings.ipynb": Expectation(simcse, seconds=100),
+    "10_retrieval_augmented_generation.ipynb": Expectation(rag, seconds=40),
     "11_from_rnn_to_transformer.ipynb": Expectation(
         rnn_to_transformer,
         {
@@ -159,6 +161,7 @@ EXPECTED = {
             "REVERSAL_SENTENCES": 1000,
             "REVERSAL_EPOCHS": 1,
         },
+        seconds=160,
     ),
 }
 
@@ -172,9 +175,10 @@ def test_every_notebook_is_checked_and_stored_without_outputs() -> None:
         assert sum("parameters" in cell["metadata"].get("tags", []) for cell in code) <= 1, name
 
 
-@pytest.mark.slow
 @pytest.mark.integration
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=pytest.mark.slow(seconds=EXPECTED[name].seconds)) for name in sorted(EXPECTED)]
+)
 def test_notebook_runs_top_to_bottom(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:

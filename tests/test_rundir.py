@@ -174,7 +174,7 @@ def test_a_file_evaluates_through_the_runs_own_data_settings_and_takes_data_over
     assert "eval and predict take data.* and generation.* settings" in capsys.readouterr().err
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=60)
 def test_two_shipped_recipes_run_side_by_side_into_two_intact_run_directories(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
