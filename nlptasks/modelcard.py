@@ -39,11 +39,11 @@ def model_card(
     folder: Path, recipe: Recipe, task: Task, metrics: dict[str, dict[str, float]], export: dict[str, Any] | None = None
 ) -> ModelCard:
     saved = _SavedModel(folder, recipe, export)
-    data = card_data(saved, task, metrics)
+    data = _card_data(saved, task, metrics)
     sections = [
         f"# {saved.name}",
         _overview(saved, task, data),
-        _results(saved, task, metrics),
+        _results(saved, metrics),
         _training(saved, metrics),
         _limits(saved, task),
         _usage(saved, task),
@@ -51,7 +51,7 @@ def model_card(
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(section for section in sections if section) + "\n")
 
 
-def card_data(saved: _SavedModel, task: Task, metrics: dict[str, dict[str, float]]) -> ModelCardData:
+def _card_data(saved: _SavedModel, task: Task, metrics: dict[str, dict[str, float]]) -> ModelCardData:
     """The YAML metadata: `model-index` holds each evaluated split's headline scores, as in `summary.md`."""
     recipe = saved.recipe
     dataset_ids = [_dataset_id(name) for name in (recipe.data.name, recipe.data.train_name) if name]
@@ -66,9 +66,7 @@ def card_data(saved: _SavedModel, task: Task, metrics: dict[str, dict[str, float
             metric_name=metric,
             metric_value=value,
         )
-        for split, scores in metrics.items()
-        if split in recipe.eval.splits
-        for metric, value in headline_scores(recipe.task, scores).items()
+        for split, metric, value in _scores(saved, metrics)
     ]
     return ModelCardData(
         model_name=saved.name if results else None,
@@ -142,13 +140,18 @@ def _overview(saved: _SavedModel, task: Task, data: ModelCardData) -> str:
     return "\n".join(lines).strip()
 
 
-def _results(saved: _SavedModel, task: Task, metrics: dict[str, dict[str, float]]) -> str:
-    rows = [
-        f"| {split} | {metric} | {value:.4f} |"
+def _scores(saved: _SavedModel, metrics: dict[str, dict[str, float]]) -> list[tuple[str, str, float]]:
+    """(split, metric, value) of each evaluated split's headline metrics, as `summary.md` shows them."""
+    return [
+        (split, metric, value)
         for split, scores in metrics.items()
         if split in saved.recipe.eval.splits
         for metric, value in headline_scores(saved.recipe.task, scores).items()
     ]
+
+
+def _results(saved: _SavedModel, metrics: dict[str, dict[str, float]]) -> str:
+    rows = [f"| {split} | {metric} | {value:.4f} |" for split, metric, value in _scores(saved, metrics)]
     if not rows:
         return ""
     note = (

@@ -13,6 +13,7 @@ import pytest
 import nlptasks
 from nlptasks.metrics.calibration import expected_calibration_error, fitted_temperature, reliability
 from nlptasks.tasks.classification import Classification, ClassificationOptions
+from nlptasks.tasks.ner import NER, NEROptions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -96,3 +97,65 @@ def test_a_run_records_ece_before_and_after_and_predicts_with_its_temperature(ti
         {**settings, "output_dir": str(tmp_path / "off"), "task_args": {"temperature_scaling": False}}
     )
     assert "ece_unscaled" not in unscaled.metrics["test"]
+
+
+def test_an_entitys_score_is_the_probability_of_its_words_tags_and_ece_counts_exact_entities() -> None:
+    task = NER(NEROptions(), max_length=32, stride=0)
+    id2label = {0: "O", 1: "B-PER", 2: "I-PER"}
+    examples = datasets.Dataset.from_dict(
+        {"tokens": [["Ada", "Lovelace", "wrote"]], "ner_tags": [["B-PER", "I-PER", "O"]]}
+    )
+    features = datasets.Dataset.from_dict({"example_index": [0], "word_ids": [[-1, 0, 1, 2, -1]]})
+    probabilities = np.array([[0.2, 0.7, 0.1], [0.1, 0.1, 0.8], [0.9, 0.05, 0.05]])
+    logits = np.log(np.pad(probabilities, ((1, 1), (0, 0)), constant_values=1 / 3))[None]
+    [tagging] = task.decode(examples, features, logits, id2label)
+    assert list(tagging) == ["B-PER", "I-PER", "O"]
+    assert tagging.entity_scores() == pytest.approx([0.7 * 0.8])
+    assert task.score(examples, [tagging])["ece"] == pytest.approx(1 - 0.56)  # one exact entity, scored 0.56
+    [shown] = [task.present({"tokens": examples[0]["tokens"]}, tagging)["entities"]]
+    assert shown == [{"type": "PER", "words": [0, 2], "score": pytest.approx(0.56), "text": "Ada Lovelace"}]
+
+
+def test_an_ner_run_fits_a_temperature_and_scores_entities_with_it(ner_recipe, tiny_bert: Path) -> None:
+    result = nlptasks.run(ner_recipe(tiny_bert, epochs=3, learning_rate=5e-3))
+    test = result.metrics["test"]
+    assert 0 <= test["ece"] <= 1 and 0 <= test["ece_unscaled"] <= 1
+    calibration = json.loads((result.run_dir / "model" / "config.json").read_text())["task_calibration"]
+    assert 0.05 <= calibration["temperature"] <= 20
+    assert (result.run_dir / "reliability_test.png").is_file()
+    written = [json.loads(line) for line in (result.run_dir / "predictions" / "test.jsonl").open()]
+    predicted = nlptasks.load(result.run_dir).predict([" ".join(row["tokens"]) for row in written])
+    assert [e["score"] for p in predicted for e in p["entities"]] == pytest.approx(
+        [e["score"] for row in written for e in row["entities"]], abs=1e-5
+    )
+    assert all(0 < e["score"] <= 1 for row in written for e in row["entities"])
+
+
+def test_a_qa_run_fits_a_temperature_over_its_candidate_spans_and_answers_with_it(
+    tiny_bert: Path, tmp_path: Path
+) -> None:
+    context = "Ada Lovelace wrote the first program in London in 1843."
+    pairs = [("Who wrote it?", "Ada Lovelace"), ("Where?", "London"), ("When?", "1843")] * 6
+    rows = [
+        {"question": q, "context": context, "answers": {"text": [a], "answer_start": [context.index(a)]}}
+        for q, a in pairs
+    ]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    settings = {
+        "task": "qa",
+        "model": str(tiny_bert),
+        "output_dir": str(tmp_path / "run"),
+        "data": {f"{split}_file": str(data) for split in ("train", "validation", "test")} | {"max_length": 48},
+        "train": {"epochs": 8, "batch_size": 6, "learning_rate": 3e-3, "precision": "fp32", "eval_strategy": "no"},
+    }
+    result = nlptasks.run(settings)
+    test = result.metrics["test"]
+    assert test["exact_match"] > 0.3, test  # it learnt some answers: right spans exist to fit the temperature on
+    assert 0 <= test["ece"] <= 1 and 0 <= test["ece_unscaled"] <= 1
+    calibration = json.loads((result.run_dir / "model" / "config.json").read_text())["task_calibration"]
+    assert 0.05 <= calibration["temperature"] <= 20
+    assert (result.run_dir / "reliability_test.png").is_file()
+    written = [json.loads(line) for line in (result.run_dir / "predictions" / "test.jsonl").open()]
+    predicted = nlptasks.load(result.run_dir).predict([{"question": q, "context": context} for q, _ in pairs])
+    assert [p["score"] for p in predicted] == pytest.approx([row["score"] for row in written], abs=1e-5)

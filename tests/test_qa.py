@@ -231,7 +231,11 @@ def test_no_answer_option_trains_towards_position_zero_and_answers_empty_above_t
     assert predictions[0] == {"answer": "", "score": pytest.approx(np.exp(6) / (np.exp(6) + np.exp(4)), rel=1e-3),
                               "logit": 6.0, "start": None, "end": None}  # fmt: skip
     assert predictions[1]["answer"] == "coffee"
-    assert qa(allow_no_answer=True).score(data, predictions) == {"exact_match": 1.0, "f1": 1.0}
+    assert qa(allow_no_answer=True).score(data, predictions) == {
+        "exact_match": 1.0,
+        "f1": 1.0,
+        "ece": pytest.approx(1 - np.mean([p["score"] for p in predictions])),
+    }
     lenient = qa(allow_no_answer=True, null_score_threshold=2.5).decode(data, features, (starts, ends), {})
     assert lenient[0]["answer"] != ""  # 6 - 4 = 2 is under the threshold
     assert qa().decode(data, features, (starts, ends), {})[0]["answer"] != ""  # v1 always answers

@@ -6,11 +6,14 @@ each bin by, and temperature scaling (Guo et al., 2017) is one bounded scalar se
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from nlptasks.rundir import write_atomic
 
 BINS = 10
 TEMPERATURES = (0.05, 20.0)
@@ -63,6 +66,21 @@ def fitted_temperature(logits: np.ndarray, gold: np.ndarray) -> float:
 
     found = minimize_scalar(loss, bounds=tuple(np.log(TEMPERATURES)), method="bounded")
     return float(np.exp(found.x))
+
+
+def write_reliability(
+    folder: Path,
+    split: str,
+    confidences: Sequence[float],
+    correct: Sequence[bool],
+    temperature: float | None,
+    what: str,
+) -> None:
+    """`reliability_<split>.json` (the bins) and `.png` (the diagram) of one scored split's `what` (e.g. "entities")."""
+    bins = reliability(confidences, correct)
+    write_atomic(folder / f"reliability_{split}.json", json.dumps(bins, indent=1) + "\n")
+    scaled = f", temperature {temperature:.2f}" if temperature else ", unscaled"
+    plot_reliability(bins, f"{split}: {what} right by confidence{scaled}", folder / f"reliability_{split}.png")
 
 
 def plot_reliability(bins: list[dict[str, Any]], title: str, path: Path) -> None:

@@ -28,7 +28,7 @@ from sklearn.metrics import confusion_matrix
 
 from nlptasks.config import Section
 from nlptasks.errors import DataError, RecipeError
-from nlptasks.metrics.calibration import expected_calibration_error, fitted_temperature, plot_reliability, reliability
+from nlptasks.metrics.calibration import expected_calibration_error, fitted_temperature, write_reliability
 from nlptasks.metrics.classification import label_scores
 from nlptasks.rundir import write_atomic
 from nlptasks.tasks.base import Task, softmax, text_or_json_row, tokenized
@@ -214,11 +214,8 @@ class Classification(Task):
         and `.json` (accuracy per confidence bin); single-label only."""
         if self.options.multi_label:
             return
-        bins = reliability(*self._confidences([self._split(labels) for labels in examples["label"]], predictions))
-        write_atomic(folder / f"reliability_{split}.json", json.dumps(bins, indent=1) + "\n")
-        temperature = self.calibration.get("temperature")
-        scaled = f", temperature {temperature:.2f}" if temperature else ", unscaled"
-        plot_reliability(bins, f"{split}: accuracy by confidence{scaled}", folder / f"reliability_{split}.png")
+        confidences = self._confidences([self._split(labels) for labels in examples["label"]], predictions)
+        write_reliability(folder, split, *confidences, self.calibration.get("temperature"), "labels")
         gold = [self._split(labels)[0] for labels in examples["label"]]
         guess = [p["label"] for p in predictions]
         classes = sorted(set(gold) | set(guess))

@@ -10,12 +10,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
 
 from nlptasks.config import Section
+from nlptasks.metrics.calibration import expected_calibration_error, fitted_temperature, write_reliability
 from nlptasks.metrics.entities import entity_scores
 from nlptasks.tasks.base import Task, softmax, tokenized
 from nlptasks.text import WORD
@@ -29,6 +31,20 @@ TAG = re.compile(r"^(O|[BI]-\S+)$")
 class NEROptions(Section):
     label_all_subwords: bool = False
     """Train on every subword (continuations get I- tags) instead of on first subwords only."""
+    temperature_scaling: bool = True
+    """Fit a softmax temperature on validation after training, so entity scores match how often they are right."""
+
+
+class Tagging(list):
+    """A sentence's predicted tags, read as the list of them everywhere, with each word's probability of its tag."""
+
+    def __init__(self, tags: list[str], probabilities: list[float]) -> None:
+        super().__init__(tags)
+        self.probabilities = probabilities
+
+    def entity_scores(self) -> list[float]:
+        """Per entity, in `_entities` order: the probability that each of its words has its tag (as if independent)."""
+        return [float(np.prod(self.probabilities[first : last + 1])) for _, first, last in _entities(self)]
 
 
 class NER(Task):
@@ -120,24 +136,61 @@ class NER(Task):
 
     def decode(
         self, examples: datasets.Dataset, features: datasets.Dataset, logits: np.ndarray, id2label: dict[int, str]
-    ) -> list[list[str]]:
-        """Average each word's first-subword probabilities over the windows holding it, then argmax.
+    ) -> list[Tagging]:
+        """Average each word's first-subword probabilities (at the fitted temperature) over the windows holding it,
+        then argmax; each word keeps its averaged probability of the tag it ends with.
 
         `word_ids` of a feature holds the word index at first subwords only (-1 elsewhere).
         """
-        probs = softmax(logits)
+        probs = softmax(np.asarray(logits) / self.calibration.get("temperature", 1.0))
         sums = [np.zeros((len(tokens), probs.shape[-1])) for tokens in examples["tokens"]]
+        counts = [np.zeros(len(tokens)) for tokens in examples["tokens"]]
         for row, (example, word_ids) in enumerate(zip(features["example_index"], features["word_ids"])):
             for position, word in enumerate(word_ids):
                 if word >= 0:
                     sums[example][word] += probs[row, position]
-        return [
-            _repair_iob([id2label[int(i)] if s.any() else "O" for i, s in zip(scores.argmax(-1), scores)])
-            for scores in sums
+                    counts[example][word] += 1
+        label2id = {label: i for i, label in id2label.items()}
+        taggings = []
+        for scores, seen in zip(sums, counts):
+            tags = _repair_iob([id2label[int(i)] if n else "O" for i, n in zip(scores.argmax(-1), seen)])
+            mean = scores / np.maximum(seen, 1)[:, None]
+            taggings.append(
+                Tagging(tags, [float(mean[w, label2id[t]]) if seen[w] else 1.0 for w, t in enumerate(tags)])
+            )
+        return taggings
+
+    @property
+    def calibrates(self) -> bool:
+        return self.options.temperature_scaling
+
+    def calibrate(
+        self, examples: datasets.Dataset, features: datasets.Dataset, logits: Any, id2label: dict[int, str]
+    ) -> None:
+        """The softmax temperature with the least validation log-loss over the labelled subwords."""
+        labelled = [
+            (row, position, tag)
+            for row, tags in enumerate(features["labels"])
+            for position, tag in enumerate(tags)
+            if tag >= 0
         ]
+        if labelled:
+            rows, positions, gold = (np.asarray(column) for column in zip(*labelled))
+            self.calibration = {"temperature": fitted_temperature(np.asarray(logits)[rows, positions], gold)}
 
     def score(self, examples: datasets.Dataset, predictions: list[list[str]]) -> dict[str, float]:
-        return entity_scores(examples["ner_tags"], predictions)
+        """seqeval's entity scores, and for decoded `Tagging`s `ece`: how far predicted entities' scores are from
+        how often they are exact."""
+        scores = entity_scores(examples["ner_tags"], [list(tags) for tags in predictions])  # seqeval: lists only
+        if all(isinstance(tags, Tagging) for tags in predictions):
+            scores["ece"] = expected_calibration_error(*_confidences(examples, predictions))
+        return scores
+
+    def write_artifacts(self, folder: Path, split: str, examples: datasets.Dataset, predictions: list[Any]) -> None:
+        """`reliability_<split>.png` and `.json`: predicted entities exactly right, by their score."""
+        write_reliability(
+            folder, split, *_confidences(examples, predictions), self.calibration.get("temperature"), "entities"
+        )
 
     def error_analysis(self, examples: datasets.Dataset, predictions: list[list[str]]) -> dict[str, Any]:
         """Each gold and predicted entity by kind, per type: `exact`; `wrong_type` (same words, another type);
@@ -166,8 +219,13 @@ class NER(Task):
 
     def present(self, example: dict[str, Any], prediction: list[str]) -> dict[str, Any]:
         entities = []
-        for kind, first, last in _entities(prediction):
-            entity: dict[str, Any] = {"type": kind, "words": [first, last + 1]}
+        scores = prediction.entity_scores() if isinstance(prediction, Tagging) else [None] * len(_entities(prediction))
+        for (kind, first, last), score in zip(_entities(prediction), scores):
+            entity: dict[str, Any] = {
+                "type": kind,
+                "words": [first, last + 1],
+                **({"score": score} if score is not None else {}),
+            }
             if "spans" in example:
                 start, end = example["spans"][first][0], example["spans"][last][1]
                 entity.update(text=example["text"][start:end], start=start, end=end)
@@ -175,10 +233,20 @@ class NER(Task):
                 entity["text"] = " ".join(example["tokens"][first : last + 1])
             entities.append(entity)
         source = "text" if "text" in example else "tokens"
-        shown: dict[str, Any] = {source: example[source], "entities": entities, "tags": prediction}
+        shown: dict[str, Any] = {source: example[source], "entities": entities, "tags": list(prediction)}
         if "ner_tags" in example:
             shown["gold"] = example["ner_tags"]
         return shown
+
+
+def _confidences(examples: datasets.Dataset, predictions: list[Tagging]) -> tuple[list[float], list[bool]]:
+    """Each predicted entity's score and whether a gold entity has its type and words."""
+    scores, exact = [], []
+    for gold_tags, tagging in zip(examples["ner_tags"], predictions):
+        gold = set(_entities(gold_tags))
+        scores += tagging.entity_scores()
+        exact += [entity in gold for entity in _entities(tagging)]
+    return scores, exact
 
 
 def _tag_name(tag: Any, label_names: list[str] | None, position: int) -> str:

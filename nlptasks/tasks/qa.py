@@ -27,6 +27,7 @@ every target of the file. A row without answers is an error unless `allow_no_ans
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -35,6 +36,7 @@ from pydantic import Field
 
 from nlptasks.config import Section
 from nlptasks.errors import DataError, UserInputError
+from nlptasks.metrics.calibration import expected_calibration_error, fitted_temperature, write_reliability
 from nlptasks.metrics.squad import answer_scores, squad_scores
 from nlptasks.tasks.base import Task, json_input, softmax, tokenized
 
@@ -51,6 +53,9 @@ class QAOptions(Section):
     """SQuAD v2: a question may have no answer in its context (a row with empty `answers`)."""
     null_score_threshold: float = 0.0
     """With `allow_no_answer`: answer "" when the no-answer score beats the best span's by more than this."""
+    temperature_scaling: bool = True
+    """Fit a softmax temperature over the candidate spans on validation, so an answer's score matches how often
+    answers so scored are exactly right."""
 
 
 class QuestionAnswering(Task):
@@ -180,15 +185,42 @@ class QuestionAnswering(Task):
         `allow_no_answer`): how sure the model is of this answer against its alternatives. `logit` is
         the span's start + end logit, which compares across contexts (a RAG reader ranks chunks by it).
         """
+        candidates, null_scores = self._candidates(len(examples), features, logits)
+        return [self._answer(*example) for example in zip(examples["context"], candidates, null_scores)]
+
+    def _candidates(
+        self, count: int, features: datasets.Dataset, logits: tuple[np.ndarray, np.ndarray]
+    ) -> tuple[list[list[tuple[float, int, int]]], list[float]]:
+        """Per example, every window's legal n-best spans, and its lowest no-answer score over the windows."""
         starts, ends = logits
-        candidates: list[list[tuple[float, int, int]]] = [[] for _ in range(len(examples))]
-        null_scores = [np.inf] * len(examples)
+        candidates: list[list[tuple[float, int, int]]] = [[] for _ in range(count)]
+        null_scores = [np.inf] * count
         for row, (example, spans) in enumerate(zip(features["example_index"], features["offset_mapping"])):
             spans = np.asarray(spans)
             start, end = starts[row, : len(spans)], ends[row, : len(spans)]
             null_scores[example] = min(null_scores[example], float(start[0] + end[0]))
             candidates[example].extend(self._window_spans(start, end, spans))
-        return [self._answer(*example) for example in zip(examples["context"], candidates, null_scores)]
+        return candidates, null_scores
+
+    @property
+    def calibrates(self) -> bool:
+        return self.options.temperature_scaling and not self.options.allow_no_answer
+
+    def calibrate(
+        self, examples: datasets.Dataset, features: datasets.Dataset, logits: Any, id2label: dict[int, str]
+    ) -> None:
+        """The softmax temperature over each question's distinct n-best spans with the least validation log-loss
+        of its exactly right span; questions whose n-best holds no right span tell nothing and are left out."""
+        candidates, _ = self._candidates(len(examples), features, logits)
+        rows, gold = [], []
+        for context, spans, answers in zip(examples["context"], candidates, examples["answers"]):
+            best = _distinct_best(spans, self.options.n_best)
+            right = [answer_scores(context[first:last], answers["text"])[0] == 1.0 for _, first, last in best]
+            if any(right):
+                rows.append([score for score, _, _ in best] + [-1e9] * (self.options.n_best - len(best)))
+                gold.append(right.index(True))
+        if gold:
+            self.calibration = {"temperature": fitted_temperature(np.asarray(rows), np.asarray(gold))}
 
     def _window_spans(self, start: np.ndarray, end: np.ndarray, spans: np.ndarray) -> list[tuple[float, int, int]]:
         """(score, first char, end char) of the window's n-best start x end pairs that form a legal span."""
@@ -208,7 +240,7 @@ class QuestionAnswering(Task):
         scores = [score for score, _, _ in best] + ([null_score] if self.options.allow_no_answer else [])
         if not scores:
             return {"answer": "", "score": 0.0, "logit": None, "start": None, "end": None}
-        probabilities = softmax(np.array(scores))
+        probabilities = softmax(np.array(scores) / self.calibration.get("temperature", 1.0))
         if self.options.allow_no_answer and (not best or null_score - best[0][0] > self.options.null_score_threshold):
             return {"answer": "", "score": float(probabilities[-1]), "logit": null_score, "start": None, "end": None}
         logit, first, last = best[0]
@@ -222,7 +254,15 @@ class QuestionAnswering(Task):
 
     def score(self, examples: datasets.Dataset, predictions: list[dict[str, Any]]) -> dict[str, float]:
         golds = [answers["text"] for answers in examples["answers"]]
-        return squad_scores([prediction["answer"] for prediction in predictions], golds)
+        scores = squad_scores([prediction["answer"] for prediction in predictions], golds)
+        if all("score" in prediction for prediction in predictions):  # as decoded, not hand-made
+            scores["ece"] = expected_calibration_error(*_confidences(examples, predictions))
+        return scores
+
+    def write_artifacts(self, folder: Path, split: str, examples: datasets.Dataset, predictions: list[Any]) -> None:
+        """`reliability_<split>.png` and `.json`: answers exactly right, by their score."""
+        temperature = self.calibration.get("temperature")
+        write_reliability(folder, split, *_confidences(examples, predictions), temperature, "answers")
 
     def error_analysis(self, examples: datasets.Dataset, predictions: list[dict[str, Any]]) -> dict[str, Any]:
         """Answers by kind (`exact`; `partial`: words shared with a gold answer; `none`), overall and by the
@@ -272,6 +312,14 @@ class QuestionAnswering(Task):
 
     def input_text(self, example: dict[str, Any]) -> str:
         return f"{example['question']}\t{example['context']}"
+
+
+def _confidences(examples: datasets.Dataset, predictions: list[dict[str, Any]]) -> tuple[list[float], list[bool]]:
+    """Each answer's score and whether it is exactly right (SQuAD's normalisation)."""
+    right = [
+        answer_scores(p["answer"], answers["text"])[0] == 1.0 for p, answers in zip(predictions, examples["answers"])
+    ]
+    return [p["score"] for p in predictions], right
 
 
 def _check_answer(context: str, number: int, text: Any, start: Any) -> None:

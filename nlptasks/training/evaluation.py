@@ -97,7 +97,7 @@ def first_outputs(predictions: Any, count: int = 1) -> np.ndarray | tuple[np.nda
 
 def calibrate(trainer: Trainer, task: Task, examples: datasets.Dataset, features: datasets.Dataset) -> None:
     """Tune the task's decision settings on validation; the model config carries them to `predict`."""
-    logits = first_outputs(trainer.predict(features).predictions)
+    logits = first_outputs(trainer.predict(features).predictions, len(task.output_names))
     task.calibrate(examples, features, logits, trainer.model.config.id2label)
     trainer.model.config.task_calibration = task.calibration
     log.info("calibrated on validation: %s", task.calibration)
