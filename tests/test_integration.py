@@ -28,7 +28,7 @@ def test_smollm2_decoder_learns_ner_through_the_same_recipe(data_dir: Path, tmp_
             "train.learning_rate": 2.0e-4,
             "train.eval_strategy": "no",
             "data.max_train_samples": 640,
-            "data.max_eval_samples": 200,
+            "data.max_eval_samples": 100,
             "eval.splits": ["test"],
         },
     )
