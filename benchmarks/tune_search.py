@@ -85,11 +85,9 @@ def _table(
         "|---|" + "---|" * (len(params) + 4),
     ]
     for name, row in (("recipe as shipped (trial 0)", shipped), (f"best (trial {best['trial']})", best)):
-        cells = [row.get(key, "") for key in params]
-        test = row.get("test accuracy", "")
-        lines.append(
-            f"| {name} | " + " | ".join(cells) + f" | {row['value']} | {test} | {row['state']} | {row['seconds']} |"
-        )
+        cells = [_rounded(row.get(key, "")) for key in params]
+        value, test = _rounded(row["value"]), _rounded(row.get("test accuracy", ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {value} | {test} | {row['state']} | {row['seconds']} |")
     lines += [
         "",
         f"{len(rows)} trials: {len(complete)} complete, {len(pruned)} pruned; {seconds / 60:.1f} min of trials, "
@@ -97,6 +95,14 @@ def _table(
         f"{saved_steps * rate / 60:.1f} min at the search's {rate:.2f} s per step (evaluations included).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _rounded(cell: str) -> str:
+    """A CSV number to 4 significant digits; other cells as they are."""
+    try:
+        return f"{float(cell):.4g}"
+    except ValueError:
+        return cell
 
 
 def _best_trial(rows: list[dict[str, str]]) -> int:
