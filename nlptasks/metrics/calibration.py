@@ -7,7 +7,7 @@ each bin by, and temperature scaling (Guo et al., 2017) is one bounded scalar se
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,25 @@ def fitted_temperature(logits: np.ndarray, gold: np.ndarray) -> float:
         return float(-scaled[np.arange(len(gold)), gold].mean())
 
     found = minimize_scalar(loss, bounds=tuple(np.log(TEMPERATURES)), method="bounded")
+    return float(np.exp(found.x))
+
+
+def fitted_score_temperature(scored: Callable[[float], tuple[list[float], list[bool]]]) -> float:
+    """The temperature whose stated scores have the least binary log-loss against being right.
+
+    `scored(T)` decodes at T and gives each prediction's score and whether it is right. This fits the score a
+    user reads (an entity's, an answer's), which a fit over token or span logits misses: those improve the
+    per-token or per-span likelihood and can leave the reported confidence worse calibrated.
+    """
+    from scipy.optimize import minimize_scalar
+
+    def loss(log_temperature: float) -> float:
+        confidences, correct = scored(float(np.exp(log_temperature)))
+        stated = np.clip(np.asarray(confidences, dtype=float), 1e-6, 1 - 1e-6)
+        right = np.asarray(correct, dtype=float)
+        return float(-(right * np.log(stated) + (1 - right) * np.log(1 - stated)).mean()) if len(right) else 0.0
+
+    found = minimize_scalar(loss, bounds=tuple(np.log(TEMPERATURES)), method="bounded", options={"xatol": 0.02})
     return float(np.exp(found.x))
 
 

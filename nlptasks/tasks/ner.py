@@ -17,7 +17,7 @@ import datasets
 import numpy as np
 
 from nlptasks.config import Section
-from nlptasks.metrics.calibration import expected_calibration_error, fitted_temperature, write_reliability
+from nlptasks.metrics.calibration import expected_calibration_error, fitted_score_temperature, write_reliability
 from nlptasks.metrics.entities import entity_scores
 from nlptasks.tasks.base import Task, softmax, tokenized
 from nlptasks.text import WORD
@@ -167,16 +167,13 @@ class NER(Task):
     def calibrate(
         self, examples: datasets.Dataset, features: datasets.Dataset, logits: Any, id2label: dict[int, str]
     ) -> None:
-        """The softmax temperature with the least validation log-loss over the labelled subwords."""
-        labelled = [
-            (row, position, tag)
-            for row, tags in enumerate(features["labels"])
-            for position, tag in enumerate(tags)
-            if tag >= 0
-        ]
-        if labelled:
-            rows, positions, gold = (np.asarray(column) for column in zip(*labelled))
-            self.calibration = {"temperature": fitted_temperature(np.asarray(logits)[rows, positions], gold)}
+        """The softmax temperature whose entity scores best match, on validation, whether each entity is exact."""
+
+        def scored(temperature: float) -> tuple[list[float], list[bool]]:
+            self.calibration = {"temperature": temperature}
+            return _confidences(examples, self.decode(examples, features, logits, id2label))
+
+        self.calibration = {"temperature": fitted_score_temperature(scored)}
 
     def score(self, examples: datasets.Dataset, predictions: list[list[str]]) -> dict[str, float]:
         """seqeval's entity scores, and for decoded `Tagging`s `ece`: how far predicted entities' scores are from

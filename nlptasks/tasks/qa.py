@@ -36,7 +36,7 @@ from pydantic import Field
 
 from nlptasks.config import Section
 from nlptasks.errors import DataError, UserInputError
-from nlptasks.metrics.calibration import expected_calibration_error, fitted_temperature, write_reliability
+from nlptasks.metrics.calibration import expected_calibration_error, fitted_score_temperature, write_reliability
 from nlptasks.metrics.squad import answer_scores, squad_scores
 from nlptasks.tasks.base import Task, json_input, softmax, tokenized
 
@@ -209,18 +209,14 @@ class QuestionAnswering(Task):
     def calibrate(
         self, examples: datasets.Dataset, features: datasets.Dataset, logits: Any, id2label: dict[int, str]
     ) -> None:
-        """The softmax temperature over each question's distinct n-best spans with the least validation log-loss
-        of its exactly right span; questions whose n-best holds no right span tell nothing and are left out."""
-        candidates, _ = self._candidates(len(examples), features, logits)
-        rows, gold = [], []
-        for context, spans, answers in zip(examples["context"], candidates, examples["answers"]):
-            best = _distinct_best(spans, self.options.n_best)
-            right = [answer_scores(context[first:last], answers["text"])[0] == 1.0 for _, first, last in best]
-            if any(right):
-                rows.append([score for score, _, _ in best] + [-1e9] * (self.options.n_best - len(best)))
-                gold.append(right.index(True))
-        if gold:
-            self.calibration = {"temperature": fitted_temperature(np.asarray(rows), np.asarray(gold))}
+        """The softmax temperature over each question's n-best spans whose answer scores best match, on validation,
+        whether each answer is exactly right."""
+
+        def scored(temperature: float) -> tuple[list[float], list[bool]]:
+            self.calibration = {"temperature": temperature}
+            return _confidences(examples, self.decode(examples, features, logits, id2label))
+
+        self.calibration = {"temperature": fitted_score_temperature(scored)}
 
     def _window_spans(self, start: np.ndarray, end: np.ndarray, spans: np.ndarray) -> list[tuple[float, int, int]]:
         """(score, first char, end char) of the window's n-best start x end pairs that form a legal span."""
