@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from nlptasks.config import Section
+from nlptasks.metrics.calibration import fitted_score_temperature
 
 if TYPE_CHECKING:
     from nlptasks.recipe import Recipe
@@ -84,6 +85,23 @@ class Task(ABC):
     ) -> None:
         """Tune decision settings (a multi-label threshold, a no-answer margin) on validation logits."""
         return None
+
+    def fit_score_temperature(
+        self,
+        examples: datasets.Dataset,
+        features: datasets.Dataset,
+        logits: Any,
+        id2label: dict[int, str],
+        confidences: Callable[[datasets.Dataset, list[Any]], tuple[list[float], list[bool]]],
+    ) -> None:
+        """`calibration["temperature"]`: the one whose decoded scores best match, on validation, whether each
+        prediction is right (`confidences` of the examples and their predictions)."""
+
+        def scored(temperature: float) -> tuple[list[float], list[bool]]:
+            self.calibration = {"temperature": temperature}
+            return confidences(examples, self.decode(examples, features, logits, id2label))
+
+        self.calibration = {"temperature": fitted_score_temperature(scored)}
 
     def loss_function(self, train: datasets.Dataset, label2id: dict[str, int]) -> Callable[..., Any] | None:
         """A Trainer `compute_loss_func(outputs, labels, num_items_in_batch)`; None keeps the model's own loss."""

@@ -17,7 +17,7 @@ import datasets
 import numpy as np
 
 from nlptasks.config import Section
-from nlptasks.metrics.calibration import expected_calibration_error, fitted_score_temperature, write_reliability
+from nlptasks.metrics.calibration import expected_calibration_error, write_reliability
 from nlptasks.metrics.entities import entity_scores
 from nlptasks.tasks.base import Task, softmax, tokenized
 from nlptasks.text import WORD
@@ -168,12 +168,7 @@ class NER(Task):
         self, examples: datasets.Dataset, features: datasets.Dataset, logits: Any, id2label: dict[int, str]
     ) -> None:
         """The softmax temperature whose entity scores best match, on validation, whether each entity is exact."""
-
-        def scored(temperature: float) -> tuple[list[float], list[bool]]:
-            self.calibration = {"temperature": temperature}
-            return _confidences(examples, self.decode(examples, features, logits, id2label))
-
-        self.calibration = {"temperature": fitted_score_temperature(scored)}
+        self.fit_score_temperature(examples, features, logits, id2label, _confidences)
 
     def score(self, examples: datasets.Dataset, predictions: list[list[str]]) -> dict[str, float]:
         """seqeval's entity scores, and for decoded `Tagging`s `ece`: how far predicted entities' scores are from

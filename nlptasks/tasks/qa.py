@@ -36,7 +36,7 @@ from pydantic import Field
 
 from nlptasks.config import Section
 from nlptasks.errors import DataError, UserInputError
-from nlptasks.metrics.calibration import expected_calibration_error, fitted_score_temperature, write_reliability
+from nlptasks.metrics.calibration import expected_calibration_error, write_reliability
 from nlptasks.metrics.squad import answer_scores, squad_scores
 from nlptasks.tasks.base import Task, json_input, softmax, tokenized
 
@@ -185,22 +185,15 @@ class QuestionAnswering(Task):
         `allow_no_answer`): how sure the model is of this answer against its alternatives. `logit` is
         the span's start + end logit, which compares across contexts (a RAG reader ranks chunks by it).
         """
-        candidates, null_scores = self._candidates(len(examples), features, logits)
-        return [self._answer(*example) for example in zip(examples["context"], candidates, null_scores)]
-
-    def _candidates(
-        self, count: int, features: datasets.Dataset, logits: tuple[np.ndarray, np.ndarray]
-    ) -> tuple[list[list[tuple[float, int, int]]], list[float]]:
-        """Per example, every window's legal n-best spans, and its lowest no-answer score over the windows."""
         starts, ends = logits
-        candidates: list[list[tuple[float, int, int]]] = [[] for _ in range(count)]
-        null_scores = [np.inf] * count
+        candidates: list[list[tuple[float, int, int]]] = [[] for _ in range(len(examples))]
+        null_scores = [np.inf] * len(examples)
         for row, (example, spans) in enumerate(zip(features["example_index"], features["offset_mapping"])):
             spans = np.asarray(spans)
             start, end = starts[row, : len(spans)], ends[row, : len(spans)]
             null_scores[example] = min(null_scores[example], float(start[0] + end[0]))
             candidates[example].extend(self._window_spans(start, end, spans))
-        return candidates, null_scores
+        return [self._answer(*example) for example in zip(examples["context"], candidates, null_scores)]
 
     @property
     def calibrates(self) -> bool:
@@ -211,12 +204,7 @@ class QuestionAnswering(Task):
     ) -> None:
         """The softmax temperature over each question's n-best spans whose answer scores best match, on validation,
         whether each answer is exactly right."""
-
-        def scored(temperature: float) -> tuple[list[float], list[bool]]:
-            self.calibration = {"temperature": temperature}
-            return _confidences(examples, self.decode(examples, features, logits, id2label))
-
-        self.calibration = {"temperature": fitted_score_temperature(scored)}
+        self.fit_score_temperature(examples, features, logits, id2label, _confidences)
 
     def _window_spans(self, start: np.ndarray, end: np.ndarray, spans: np.ndarray) -> list[tuple[float, int, int]]:
         """(score, first char, end char) of the window's n-best start x end pairs that form a legal span."""
