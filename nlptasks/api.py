@@ -270,6 +270,11 @@ def _export_onnx(source: RunDir, output: Path, quantize: str | None) -> Path:
     recipe = load_recipe(source.recipe)
     task = task_for(recipe)
     model, tokenizer = models.load(source.model, task, quantized=recipe.method == "qlora")
+    if getattr(model, "scores_are_paths", False):
+        raise UserInputError(
+            f"{source.root}: a tagger with a CRF, whose Viterbi search does not trace to an ONNX graph. "
+            "Serve or predict with the run itself"
+        )
     model = adapters.merged(model).eval()
     batch = _example_batch(task, tokenizer, model)
     outputs = task.model_outputs or task.output_names

@@ -93,6 +93,9 @@ class TrainConfig(Section):
     """Batches whose gradients add up to one optimizer step."""
     learning_rate: float = Field(default=5e-5, gt=0)
     """The peak learning rate (after warm-up)."""
+    head_learning_rate: float | None = Field(default=None, gt=0)
+    """Peak rate of the weights a pretrained model starts without (its task head; a tagger's character CNN and
+    CRF), which learn from nothing and want larger steps than the pretrained encoder; unset: `learning_rate`."""
     weight_decay: float = Field(default=0.01, ge=0)
     """Decoupled weight decay (AdamW) or L2 (Adafactor, SGD)."""
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)

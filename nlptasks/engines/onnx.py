@@ -57,7 +57,7 @@ def export(model: torch.nn.Module, batch: dict[str, torch.Tensor], output_names:
 
     names = list(batch)
     graph = OutputsOf(model, names, output_names).eval()
-    shapes = [dict.fromkeys(range(min(tensor.dim(), 2)), torch.export.Dim.DYNAMIC) for tensor in batch.values()]
+    shapes = [dict.fromkeys(range(tensor.dim()), torch.export.Dim.DYNAMIC) for tensor in batch.values()]
     with torch.inference_mode(False), torch.no_grad():
         program = torch.onnx.export(
             graph,

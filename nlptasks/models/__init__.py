@@ -30,7 +30,7 @@ from transformers import AutoTokenizer, PreTrainedModel
 from nlptasks import adapters, catalog, engines
 from nlptasks.engines import ctranslate2, onnx
 from nlptasks.errors import RecipeError
-from nlptasks.models import recurrent, rnn_seq2seq, t5  # noqa: F401 - each registers its family and Auto classes
+from nlptasks.models import recurrent, rnn_seq2seq, t5, tagger  # noqa: F401 - each registers its family or Auto classes
 from nlptasks.tasks.base import Task
 
 UNSAFE_LOADING_ARGS = {"trust_remote_code", "use_safetensors", "weights_only", "code_revision"}
@@ -99,13 +99,17 @@ def _generating_models() -> str:
 
 
 def _pretrained(request: BuildRequest) -> tuple[PreTrainedModel, Any]:
-    """A checkpoint's weights under the task's head (which starts random), LoRA-wrapped with `adaptation`."""
+    """A checkpoint's weights under the task's head (which starts random), LoRA-wrapped with `adaptation`;
+    inside a tagger with a character CNN or a CRF where `model_args` ask for one (`tagger.py`)."""
     ref, task = request.ref, request.task
     tokenizer = load_tokenizer(ref.location, ref.family, task.generates)
+    if tagger.requested(request.model_args):
+        return tagger.build(request, tokenizer)
     auto_class = getattr(transformers, task.auto_model)
     quantization = adapters.quantization(request.adaptation)
+    config_args = {key: value for key, value in request.model_args.items() if key not in tagger.TAGGER_KEYS}
     model, loading = auto_class.from_pretrained(
-        ref.location, output_loading_info=True, **request.head, **quantization, **request.model_args
+        ref.location, output_loading_info=True, **request.head, **quantization, **config_args
     )
     fresh = _restore_backbone(model, ref.location, loading["missing_keys"])
     model.config.pad_token_id = tokenizer.pad_token_id

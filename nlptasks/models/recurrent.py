@@ -8,7 +8,6 @@ of each token's original text) so out-of-vocabulary words still get a representa
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -23,10 +22,8 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
-    BatchEncoding,
     PreTrainedConfig,
     PreTrainedModel,
-    TokenizersBackend,
 )
 from transformers import initialization as init
 from transformers.modeling_outputs import (
@@ -38,15 +35,14 @@ from transformers.modeling_outputs import (
 from nlptasks import catalog
 from nlptasks.config import Section, validate_section
 from nlptasks.errors import RecipeError
+from nlptasks.models.chars import PAD, UNK, CharIdsTokenizer, char_cnn_layers, char_cnn_vectors, char_vocabulary
+from nlptasks.models.crf import NOT_CHOSEN, Tagger
 from nlptasks.models.rnn_layers import PeepholeLSTM, packed_rnn, recurrent_layer
 from nlptasks.tasks.base import Task
 from nlptasks.text import WORD
 
 if TYPE_CHECKING:
     from nlptasks.models import BuildRequest
-
-PAD, UNK = "[PAD]", "[UNK]"
-NOT_CHOSEN = -1e4
 
 
 class RecurrentOptions(Section):
@@ -103,12 +99,10 @@ class BiRNNConfig(PreTrainedConfig):
         return opts.hidden_size * (2 if opts.bidirectional else 1)
 
 
-class BiRNNTokenizer(TokenizersBackend):
-    """Word-level fast tokenizer that also returns each token's character ids (`char_ids`).
+class BiRNNTokenizer(CharIdsTokenizer):
+    """Word-level fast tokenizer that also returns each token's character ids (`char_ids`, `chars.py`).
 
-    No `__init__` of its own, so `from_pretrained` loads `tokenizer.json` directly; the character
-    vocabulary and `max_word_chars` are init kwargs, hence saved in `tokenizer_config.json`.
-    For word-split input it also returns `word_starts` (1 on a word's first token) for CRF decoding.
+    No `__init__` of its own, so `from_pretrained` loads `tokenizer.json` directly.
     """
 
     model_input_names = ["input_ids", "attention_mask"]
@@ -127,58 +121,13 @@ class BiRNNTokenizer(TokenizersBackend):
             vocab_size=2**31 - 1, min_frequency=options.min_word_freq, special_tokens=[PAD, UNK]
         )
         backend.train_from_iterator(texts, trainer=trainer)
-        chars = Counter(c for text in texts for c in text if not c.isspace())
-        ordered = sorted(chars, key=lambda c: (-chars[c], c))  # deterministic: by count, then character
-        char_vocab = {PAD: 0, UNK: 1, **{c: i for i, c in enumerate(ordered, 2)}}
         return cls(
             tokenizer_object=backend,
             pad_token=PAD,
             unk_token=UNK,
-            char_vocab=char_vocab,
+            char_vocab=char_vocabulary(texts),
             max_word_chars=options.max_word_chars,
         )
-
-    @property
-    def char_vocab(self) -> dict[str, int]:
-        return self.init_kwargs["char_vocab"]
-
-    def _encode_plus(self, text: Any, text_pair: Any = None, **kwargs: Any) -> BatchEncoding:
-        """The backend's encoding plus `char_ids` (and `word_starts` for word-split input) per token.
-
-        A pair (question, context) also gets `token_type_ids`: 1 on the second sequence's tokens.
-        """
-        if text_pair is not None:
-            kwargs["return_token_type_ids"] = True
-        split = kwargs.get("is_split_into_words", False)
-        return_tensors = kwargs.pop("return_tensors", None)
-        encoded = super()._encode_plus(text, text_pair, return_tensors=None, **kwargs)
-        batched = isinstance(text, (list, tuple)) and bool(text) and (not split or isinstance(text[0], (list, tuple)))
-        unbatch = not batched and not kwargs.get("return_overflowing_tokens")  # as the backend returned it
-        inputs = text if batched else [text]
-        sources = [inputs] if text_pair is None else [inputs, text_pair if batched else [text_pair]]
-        samples = encoded.get("overflow_to_sample_mapping") or range(len(encoded.encodings))
-        char_ids, word_starts = [], []
-        for encoding, sample in zip(encoded.encodings, samples):  # one per window, each mapped to its input
-            words = encoding.word_ids
-            char_ids.append(
-                [
-                    self._chars(sources[part or 0][sample], w, span)
-                    for w, part, span in zip(words, encoding.sequence_ids, encoding.offsets)
-                ]
-            )
-            word_starts.append([int(w is not None and w != p) for w, p in zip(words, [None, *words])])
-        encoded["char_ids"] = char_ids[0] if unbatch else char_ids
-        if split:
-            encoded["word_starts"] = word_starts[0] if unbatch else word_starts
-        return encoded if return_tensors is None else _as_tensors(encoded, unbatch, return_tensors)
-
-    def _chars(self, source: str | list[str], word: int | None, span: tuple[int, int]) -> list[int]:
-        """Character ids of one token from the original text (offsets are per word for word-split input)."""
-        if word is None:
-            return []
-        surface = source[word] if isinstance(source, (list, tuple)) else source
-        text = surface[span[0] : span[1]][: self.init_kwargs["max_word_chars"]]
-        return [self.char_vocab.get(c, 1) for c in text]
 
 
 class BiRNNEncoder(nn.Module):
@@ -191,8 +140,8 @@ class BiRNNEncoder(nn.Module):
         self.word_embeddings = nn.Embedding(config.vocab_size, opts.embedding_dim, padding_idx=0)
         rnn_input = opts.embedding_dim
         if opts.char_encoder:
-            self.char_embeddings = nn.Embedding(config.char_vocab_size, opts.char_dim, padding_idx=0)
-            self.char_conv = nn.Conv1d(opts.char_dim, opts.char_hidden, kernel_size=3, padding=1)
+            chars = char_cnn_layers(config.char_vocab_size, opts.char_dim, opts.char_hidden)
+            self.char_embeddings, self.char_conv = chars
             rnn_input += opts.char_hidden
         self.rnn = recurrent_layer(
             config.cell, rnn_input, opts.hidden_size, opts.num_layers, opts.dropout, opts.bidirectional
@@ -209,20 +158,9 @@ class BiRNNEncoder(nn.Module):
             input_ids = input_ids.masked_fill(dropped, 1)
         features = self.word_embeddings(input_ids)
         if hasattr(self, "char_conv"):
-            if char_ids is None:
-                raise ValueError("this model has a character encoder: pass `char_ids` (its tokenizer returns them)")
-            features = torch.cat([features, self._char_vectors(char_ids)], dim=-1)
+            features = torch.cat([features, char_cnn_vectors(char_ids, self.char_embeddings, self.char_conv)], dim=-1)
         states, _ = packed_rnn(self.rnn, self.dropout(features), mask)
         return self.dropout(states), mask
-
-    def _char_vectors(self, char_ids: torch.Tensor) -> torch.Tensor:
-        """Max over each word's characters of a width-3 CNN; tokens without characters get zeros."""
-        batch, seq, width = char_ids.shape
-        flat = char_ids.reshape(batch * seq, width)
-        conv = self.char_conv(self.char_embeddings(flat).transpose(1, 2))
-        pooled = conv.masked_fill((flat == 0).unsqueeze(1), float("-inf")).amax(-1)
-        pooled = pooled.masked_fill((flat == 0).all(-1, keepdim=True), 0.0)
-        return pooled.reshape(batch, seq, -1)
 
 
 class BiRNNPreTrainedModel(PreTrainedModel):
@@ -244,7 +182,7 @@ def init_recurrent_weights(module: nn.Module) -> None:
         module.reset_parameters()
 
 
-class BiRNNForTokenClassification(BiRNNPreTrainedModel):
+class BiRNNForTokenClassification(Tagger, BiRNNPreTrainedModel):
     def __init__(self, config: BiRNNConfig) -> None:
         super().__init__(config)
         opts = config.recurrent
@@ -263,41 +201,7 @@ class BiRNNForTokenClassification(BiRNNPreTrainedModel):
         **kwargs: Any,
     ) -> TokenClassifierOutput:
         states, mask = self.encoder(input_ids, attention_mask, char_ids)
-        emissions = self.classifier(states)
-        if self.crf is None:
-            loss = None if labels is None else nn.functional.cross_entropy(emissions.flatten(0, 1), labels.flatten())
-            return TokenClassifierOutput(loss=loss, logits=emissions)
-        loss = None if labels is None else self._crf_loss(emissions, labels)
-        if self.training:
-            return TokenClassifierOutput(loss=loss, logits=emissions)
-        # Decode the same positions in evaluation and predict: word starts (from the tokenizer) when given.
-        labelled = mask if labels is None else labels != -100
-        decode = labelled if word_starts is None else word_starts.bool()
-        return TokenClassifierOutput(loss=loss, logits=self._viterbi_logits(emissions, decode & mask))
-
-    def _crf_loss(self, emissions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean negative log-likelihood of the labelled positions (-100 ones removed, the rest moved left)."""
-        order, compact, rows, scores = _compacted(emissions, labels != -100)
-        if not rows.any():
-            return emissions.sum() * 0.0
-        tags = labels.gather(1, order)[rows].masked_fill(~compact, 0)
-        with torch.autocast(emissions.device.type, enabled=False):
-            return -self.crf(scores.float(), tags, mask=compact, reduction="mean")
-
-    def _viterbi_logits(self, emissions: torch.Tensor, decode: torch.Tensor) -> torch.Tensor:
-        """The Viterbi path as one-hot-like logits (0 chosen, -1e4 others; 0 where nothing is decoded),
-        so the task's shared softmax/argmax/window-averaging decoding returns the CRF's path unchanged."""
-        order, compact, rows, scores = _compacted(emissions, decode)
-        logits = torch.zeros_like(emissions)
-        if not rows.any():
-            return logits
-        with torch.autocast(emissions.device.type, enabled=False):
-            paths = self.crf.decode(scores.float(), mask=compact)
-        for row, path in zip(rows.nonzero().flatten().tolist(), paths):
-            positions = order[row, : len(path)]
-            logits[row, positions] = NOT_CHOSEN
-            logits[row, positions, torch.tensor(path, device=logits.device)] = 0.0
-        return logits
+        return self.tag_outputs(self.classifier(states), mask, labels, word_starts)
 
 
 class BiRNNForSequenceClassification(BiRNNPreTrainedModel):
@@ -417,28 +321,6 @@ def _at_positions(scores: torch.Tensor, mask: torch.Tensor, order: torch.Tensor,
     kept = scores.masked_fill(~mask.unsqueeze(-1), NOT_CHOSEN)
     placed = kept.new_full((kept.shape[0], length, kept.shape[-1]), NOT_CHOSEN)
     return placed.scatter(1, order.unsqueeze(-1).expand_as(kept), kept)
-
-
-def _as_tensors(encoded: BatchEncoding, unbatch: bool, tensor_type: str) -> BatchEncoding:
-    """A batch of tensors, `char_ids` padded to the longest word (`input_ids` must be padded by the caller)."""
-    data = {key: [value] if unbatch else value for key, value in encoded.items()}
-    width = max((len(chars) for row in data["char_ids"] for chars in row), default=1)
-    data["char_ids"] = [[chars + [0] * (width - len(chars)) for chars in row] for row in data["char_ids"]]
-    return BatchEncoding(data, encoded.encodings, tensor_type=tensor_type)
-
-
-def _compacted(
-    emissions: torch.Tensor, keep: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Kept positions moved to the left of each row, as a CRF wants them (its mask must start with 1).
-
-    Returns the position order, the compact mask and emissions of rows with any kept position, and those rows.
-    """
-    order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices
-    compact = torch.arange(keep.shape[1], device=keep.device) < keep.sum(1, keepdim=True)
-    rows = compact[:, 0]
-    scores = emissions.gather(1, order.unsqueeze(-1).expand_as(emissions))[rows]
-    return order, compact[rows], rows, scores
 
 
 HEADS: dict[str, type[BiRNNPreTrainedModel]] = {

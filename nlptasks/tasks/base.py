@@ -60,6 +60,9 @@ class Task(ABC):
     model_outputs: ClassVar[tuple[str, ...]] = ()
     """The built model's outputs that `wrap_model`'s module reads, where it wraps one; empty: `output_names`.
     An ONNX export is of the built model, so the same wrapper runs over it."""
+    split_into_words: ClassVar[bool] = False
+    """Inputs are lists of words (tokenized as `is_split_into_words`), each word labelled: layers over
+    words (a character CNN, a CRF) apply."""
     input_fields: ClassVar[tuple[str, ...]] = ("text",)
     """Fields of one raw `predict` input; with several, each input is a JSON object holding them."""
     integer_labels: ClassVar[bool] = False

@@ -57,6 +57,7 @@ class NER(Task):
     pipeline_tag = "token-classification"
     Options = NEROptions
     integer_labels = True
+    split_into_words = True
 
     @classmethod
     def features(cls) -> datasets.Features:

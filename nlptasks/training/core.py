@@ -112,7 +112,7 @@ def _train_and_evaluate(
     outcome = trainer.train(resume_from_checkpoint=resume_from)
     train_metrics = {**outcome.metrics, "wall_seconds": time.perf_counter() - started, **skipped_rows(splits)}
     metrics = {"train": train_metrics, **before}
-    if task.calibrates and "validation" in splits:
+    if task.calibrates and "validation" in splits and not getattr(trainer.model, "scores_are_paths", False):
         calibrate(trainer, task, splits["validation"], features["validation"])
 
     if task.generates and recipe.generation.engine != "transformers":
@@ -178,6 +178,7 @@ def _trainer(
         generates=task.generates,
         train_collator=task.training_collator(tokenizer),
         scaled_adafactor=recipe.train.optimizer == "adafactor",
+        head_learning_rate=recipe.train.head_learning_rate,
         decay_ratio=recipe.train.decay_ratio,
         batch_dump=held.run_dir.logs,
         read_outputs=task.output_names,

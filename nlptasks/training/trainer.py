@@ -70,6 +70,7 @@ class TaskTrainer(Trainer):
         generates: bool = False,
         train_collator: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
         scaled_adafactor: bool = False,
+        head_learning_rate: float | None = None,
         decay_ratio: float = 0.0,
         batch_dump: Path | None = None,
         read_outputs: tuple[str, ...] = ("logits",),
@@ -80,6 +81,7 @@ class TaskTrainer(Trainer):
         self.generates = generates
         self.train_collator = train_collator
         self.scaled_adafactor = scaled_adafactor
+        self.head_learning_rate = head_learning_rate
         self.decay_ratio = decay_ratio
         self.batch_dump = batch_dump
         self.read_outputs = read_outputs
@@ -115,10 +117,11 @@ class TaskTrainer(Trainer):
         )
 
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
-        """The Trainer's `optim="adafactor"` takes equal steps for every weight; T5's scales each by its RMS."""
-        if not self.scaled_adafactor:
-            return super().create_optimizer(model)
-        if self.optimizer is None:
+        """The Trainer's optimizer, or T5's Adafactor (`scaled_adafactor`), with the head at its own rate.
+
+        The Trainer's `optim="adafactor"` takes equal steps for every weight; T5's scales each by its RMS.
+        """
+        if self.optimizer is None and self.scaled_adafactor:
             trainable = [p for p in self.model.parameters() if p.requires_grad]
             self.optimizer = Adafactor(
                 trainable,
@@ -127,6 +130,10 @@ class TaskTrainer(Trainer):
                 scale_parameter=True,
                 weight_decay=self.args.weight_decay,
             )
+        elif self.optimizer is None:
+            super().create_optimizer(model)
+            if self.head_learning_rate is not None:
+                _give_head_its_rate(self.optimizer, self.model, self.head_learning_rate)
         return self.optimizer
 
     def create_scheduler(
@@ -184,3 +191,15 @@ class TaskTrainer(Trainer):
         loss = None if self.outputs_only else super().prediction_step(model, inputs, True, ignore_keys)[0]
         inputs = self._prepare_inputs(inputs)
         return loss, generation.generate_ids(self.generator or self.model, inputs), inputs.get("labels")
+
+
+def _give_head_its_rate(optimizer: torch.optim.Optimizer, model: torch.nn.Module, rate: float) -> None:
+    """Move the weights outside the pretrained backbone (`base_model`; under LoRA, the wrapped model's) into
+    groups of their own at `rate`, before the scheduler reads each group's starting rate."""
+    unwrapped = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = {id(weight) for weight in unwrapped.base_model.parameters()}
+    for group in list(optimizer.param_groups):
+        head = [weight for weight in group["params"] if id(weight) not in backbone]
+        if head:
+            group["params"] = [weight for weight in group["params"] if id(weight) in backbone]
+            optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": head, "lr": rate})
