@@ -16,7 +16,6 @@ from nlptasks import catalog, models
 from nlptasks.data import pad_batch
 from nlptasks.errors import RecipeError
 from nlptasks.models.recurrent import (
-    NOT_CHOSEN,
     BiRNNConfig,
     BiRNNForSequenceClassification,
     BiRNNForTokenClassification,
@@ -25,6 +24,7 @@ from nlptasks.models.recurrent import (
     build,
 )
 from nlptasks.models.rnn_layers import CELLS, PeepholeLSTM, packed_rnn
+from nlptasks.tasks.base import NOT_CHOSEN
 from nlptasks.tasks.classification import Classification
 from nlptasks.tasks.ner import NER, NEROptions
 

@@ -22,9 +22,9 @@ from nlptasks import models
 from nlptasks.adapters import Adaptation
 from nlptasks.data import pad_batch
 from nlptasks.errors import RecipeError, UserInputError
-from nlptasks.models.crf import NOT_CHOSEN
 from nlptasks.models.tagger import EncoderTaggerForTokenClassification, EncoderTaggerTokenizer
 from nlptasks.recipe import AdapterOptions
+from nlptasks.tasks.base import NOT_CHOSEN
 from nlptasks.tasks.classification import Classification
 from nlptasks.tasks.extractive_summarization import ExtractiveOptions, ExtractiveSummarization
 from nlptasks.tasks.ner import NER, NEROptions
@@ -170,7 +170,7 @@ def tagger_run(ner_recipe, tiny_bert: Path, tmp_path: Path, **model_args: object
     return nlptasks.run({**recipe, "model_args": model_args}).run_dir
 
 
-def test_a_crf_tagger_learns_capitals_predicts_its_test_output_and_is_not_calibrated(
+def test_a_crf_tagger_learns_capitals_predicts_its_test_output_and_claims_no_scores(
     tiny_bert: Path, ner_recipe, tmp_path: Path
 ) -> None:
     run = tagger_run(ner_recipe, tiny_bert, tmp_path, char_encoder=True, crf=True)
@@ -181,6 +181,9 @@ def test_a_crf_tagger_learns_capitals_predicts_its_test_output_and_is_not_calibr
     written = [json.loads(line) for line in (run / "predictions" / "test.jsonl").read_text().splitlines()][:4]
     predicted = nlptasks.load(run).predict([" ".join(row["tokens"]) for row in written])
     assert [row["tags"] for row in predicted] == [row["tags"] for row in written]
+    entities = [entity for row in predicted for entity in row["entities"]]
+    assert entities and not any("score" in entity for entity in entities)  # a path has no probabilities to give
+    assert "ece" not in metrics["test"] and not (run / "reliability_test.json").exists()
     with pytest.raises(UserInputError, match="CRF"):
         nlptasks.export(run, tmp_path / "onnx", format="onnx")
 

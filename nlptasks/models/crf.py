@@ -13,8 +13,7 @@ from torch import nn
 from torchcrf import CRF
 from transformers.modeling_outputs import TokenClassifierOutput
 
-NOT_CHOSEN = -1e4
-"""Logit of every tag off the chosen path (and of positions no pointer may choose)."""
+from nlptasks.tasks.base import NOT_CHOSEN
 
 
 class Tagger:

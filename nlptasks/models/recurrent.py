@@ -36,9 +36,9 @@ from nlptasks import catalog
 from nlptasks.config import Section, validate_section
 from nlptasks.errors import RecipeError
 from nlptasks.models.chars import PAD, UNK, CharIdsTokenizer, char_cnn_layers, char_cnn_vectors, char_vocabulary
-from nlptasks.models.crf import NOT_CHOSEN, Tagger
+from nlptasks.models.crf import Tagger
 from nlptasks.models.rnn_layers import PeepholeLSTM, packed_rnn, recurrent_layer
-from nlptasks.tasks.base import Task
+from nlptasks.tasks.base import NOT_CHOSEN, Task
 from nlptasks.text import WORD
 
 if TYPE_CHECKING:

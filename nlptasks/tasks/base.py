@@ -265,6 +265,11 @@ def sorted_by_length(features: datasets.Dataset) -> datasets.Dataset:
     return features.select(np.argsort(lengths_of(features), kind="stable"))
 
 
+NOT_CHOSEN = -1e4
+"""The logit a model gives every label off a path it decoded itself (a CRF's Viterbi path: 0 on the path), and
+positions no pointer may choose: `decode` reads such outputs as decisions, not probabilities."""
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(-1, keepdims=True))
     return shifted / shifted.sum(-1, keepdims=True)

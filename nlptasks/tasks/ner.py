@@ -19,7 +19,7 @@ import numpy as np
 from nlptasks.config import Section
 from nlptasks.metrics.calibration import expected_calibration_error, write_reliability
 from nlptasks.metrics.entities import entity_scores
-from nlptasks.tasks.base import Task, softmax, tokenized
+from nlptasks.tasks.base import NOT_CHOSEN, Task, softmax, tokenized
 from nlptasks.text import WORD
 
 ERROR_EXAMPLES = 5
@@ -137,20 +137,24 @@ class NER(Task):
 
     def decode(
         self, examples: datasets.Dataset, features: datasets.Dataset, logits: np.ndarray, id2label: dict[int, str]
-    ) -> list[Tagging]:
+    ) -> list[list[str]]:
         """Average each word's first-subword probabilities (at the fitted temperature) over the windows holding it,
-        then argmax; each word keeps its averaged probability of the tag it ends with.
+        then argmax; each word keeps its averaged probability of the tag it ends with. A model that decoded its
+        own path (a CRF) gives no probabilities: its tags come as plain lists, its entities without scores.
 
         `word_ids` of a feature holds the word index at first subwords only (-1 elsewhere).
         """
-        probs = softmax(np.asarray(logits) / self.calibration.get("temperature", 1.0))
+        logits = np.asarray(logits)
+        probs = softmax(logits / self.calibration.get("temperature", 1.0))
         sums = [np.zeros((len(tokens), probs.shape[-1])) for tokens in examples["tokens"]]
         counts = [np.zeros(len(tokens)) for tokens in examples["tokens"]]
+        decided = True  # every word's logits a decoded path's (0 on it, NOT_CHOSEN off it)
         for row, (example, word_ids) in enumerate(zip(features["example_index"], features["word_ids"])):
-            for position, word in enumerate(word_ids):
-                if word >= 0:
-                    sums[example][word] += probs[row, position]
-                    counts[example][word] += 1
+            words = np.asarray(word_ids)
+            positions = np.flatnonzero(words >= 0)
+            np.add.at(sums[example], words[positions], probs[row, positions])
+            np.add.at(counts[example], words[positions], 1)
+            decided = decided and bool(np.isin(logits[row, positions], (0.0, NOT_CHOSEN)).all())
         label2id = {label: i for i, label in id2label.items()}
         taggings = []
         for scores, seen in zip(sums, counts):
@@ -159,7 +163,7 @@ class NER(Task):
             taggings.append(
                 Tagging(tags, [float(mean[w, label2id[t]]) if seen[w] else 1.0 for w, t in enumerate(tags)])
             )
-        return taggings
+        return [list(tagging) for tagging in taggings] if decided else taggings
 
     @property
     def calibrates(self) -> bool:
@@ -181,6 +185,8 @@ class NER(Task):
 
     def write_artifacts(self, folder: Path, split: str, examples: datasets.Dataset, predictions: list[Any]) -> None:
         """`reliability_<split>.png` and `.json`: predicted entities exactly right, by their score."""
+        if not all(isinstance(tags, Tagging) for tags in predictions):
+            return
         write_reliability(
             folder, split, *_confidences(examples, predictions), self.calibration.get("temperature"), "entities"
         )
