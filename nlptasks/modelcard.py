@@ -111,8 +111,10 @@ class _SavedModel:
 
     @property
     def native(self) -> bool:
-        """Whether bare `transformers` knows the architecture (the toolkit's recurrent models it does not)."""
-        return self.family is None or self.family.model_type is None
+        """Whether bare `transformers` knows the architecture (not the toolkit's own: recurrent baselines, taggers)."""
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+        return self.config.get("model_type") in CONFIG_MAPPING_NAMES
 
 
 def _overview(saved: _SavedModel, task: Task, data: ModelCardData) -> str:

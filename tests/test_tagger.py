@@ -9,6 +9,7 @@ import datasets
 import pytest
 import torch
 from conftest import same_weights
+from huggingface_hub import ModelCard
 from transformers import (
     AutoModel,
     AutoModelForTokenClassification,
@@ -184,6 +185,8 @@ def test_a_crf_tagger_learns_capitals_predicts_its_test_output_and_claims_no_sco
     entities = [entity for row in predicted for entity in row["entities"]]
     assert entities and not any("score" in entity for entity in entities)  # a path has no probabilities to give
     assert "ece" not in metrics["test"] and not (run / "reliability_test.json").exists()
+    card = ModelCard.load(run / "model" / "README.md")
+    assert card.data.library_name == "nlptasks" and "nlptasks.load" in card.text  # bare transformers cannot load it
     with pytest.raises(UserInputError, match="CRF"):
         nlptasks.export(run, tmp_path / "onnx", format="onnx")
 
@@ -254,7 +257,13 @@ def test_a_sentence_layer_scorer_trains_and_exports_to_onnx_answering_as_its_run
         "output_dir": str(tmp_path / "run"),
         "task_args": {"k": 1},
         "data": files | {"max_length": 48},
-        "train": {"epochs": 3, "batch_size": 4, "learning_rate": 1e-3, "precision": "fp32"},
+        "train": {
+            "epochs": 3,
+            "batch_size": 4,
+            "learning_rate": 1e-3,
+            "precision": "fp32",
+            "gradient_checkpointing": True,
+        },
     }
     run = nlptasks.run(recipe)
     assert run.metrics["test"]["rouge1"] >= 0.6, run.metrics["test"]  # the first turn, which the summary restates

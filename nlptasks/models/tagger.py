@@ -106,6 +106,7 @@ class EncoderTaggerTokenizer(CharIdsTokenizer):
 class EncoderTaggerForTokenClassification(Tagger, PreTrainedModel):
     config_class = EncoderTaggerConfig
     base_model_prefix = "encoder"
+    supports_gradient_checkpointing = True  # the encoder's layers checkpoint as in the encoder alone
 
     def __init__(self, config: EncoderTaggerConfig) -> None:
         super().__init__(config)
