@@ -81,8 +81,21 @@ def _compacted(
 
     Returns the position order, the compact mask and emissions of rows with any kept position, and those rows.
     """
-    order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices
-    compact = torch.arange(keep.shape[1], device=keep.device) < keep.sum(1, keepdim=True)
+    order, compact = kept_first(keep)
     rows = compact[:, 0]
-    scores = emissions.gather(1, order.unsqueeze(-1).expand_as(emissions))[rows]
+    scores = emissions.gather(1, order.unsqueeze(-1).expand(-1, -1, emissions.shape[-1]))[rows]
     return order, compact[rows], rows, scores
+
+
+def kept_first(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's positions with the kept ones first, in order, and which of those slots hold a kept one.
+
+    Cut to the most any row keeps (at least one), except in an export, which keeps every position: a graph
+    cannot size a tensor by a count of its inputs. An argsort of unique keys, as ONNX has no stable sort.
+    """
+    positions = torch.arange(keep.shape[1], device=keep.device)
+    order = torch.argsort(positions + (~keep).long() * (positions[-1:] + 1), dim=1)
+    counts = keep.sum(1, keepdim=True)
+    if not torch.compiler.is_exporting():
+        order = order[:, : int(counts.max().clamp(min=1))]
+    return order, torch.arange(order.shape[1], device=keep.device) < counts

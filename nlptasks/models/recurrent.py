@@ -36,7 +36,7 @@ from nlptasks import catalog
 from nlptasks.config import Section, validate_section
 from nlptasks.errors import RecipeError
 from nlptasks.models.chars import PAD, UNK, CharIdsTokenizer, char_cnn_layers, char_cnn_vectors, char_vocabulary
-from nlptasks.models.crf import Tagger
+from nlptasks.models.crf import Tagger, kept_first
 from nlptasks.models.rnn_layers import PeepholeLSTM, packed_rnn, recurrent_layer
 from nlptasks.tasks.base import NOT_CHOSEN, Task
 from nlptasks.text import WORD
@@ -306,10 +306,7 @@ class BiRNNForQuestionAnswering(BiRNNPreTrainedModel):
         Returns its states, token ids and mask (batch, part length), and the original position of
         each of its tokens.
         """
-        counts = mask.sum(1, keepdim=True)
-        length = int(counts.max().clamp(min=1))
-        order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices[:, :length]
-        part_mask = torch.arange(length, device=mask.device) < counts
+        order, part_mask = kept_first(mask)
         ids = input_ids.gather(1, order)
         chars = None if char_ids is None else char_ids.gather(1, order.unsqueeze(-1).expand(-1, -1, char_ids.shape[-1]))
         states, _ = self.encoder(ids, part_mask, chars)

@@ -36,7 +36,7 @@ from transformers.modeling_outputs import TokenClassifierOutput
 from nlptasks.config import Section, validate_section
 from nlptasks.errors import RecipeError
 from nlptasks.models.chars import CharIdsTokenizer, char_cnn_layers, char_cnn_vectors, char_vocabulary
-from nlptasks.models.crf import Tagger
+from nlptasks.models.crf import Tagger, kept_first
 from nlptasks.models.recurrent import init_recurrent_weights
 
 if TYPE_CHECKING:
@@ -153,17 +153,9 @@ class EncoderTaggerForTokenClassification(Tagger, PreTrainedModel):
 
     def _across_sentences(self, states: torch.Tensor, sentence_ids: torch.Tensor) -> torch.Tensor:
         """The markers' vectors (`sentence_ids` >= 0: the sentence's index in its document) through the sentence
-        layers, each row's markers side by side; every other position keeps its encoder state.
-
-        An export keeps every position (markers first): a graph cannot size a tensor by a count of its inputs.
-        """
+        layers, each row's markers side by side; every other position keeps its encoder state."""
         markers = sentence_ids >= 0
-        positions = torch.arange(markers.shape[1], device=markers.device)
-        order = torch.argsort(positions + (~markers).long() * (positions[-1:] + 1), dim=1)  # markers first, in order
-        if not torch.compiler.is_exporting():
-            order = order[:, : int(markers.sum(1).max().clamp(min=1))]
-        count = order.shape[1]
-        present = torch.arange(count, device=states.device) < markers.sum(1, keepdim=True)
+        order, present = kept_first(markers)
         where = order.unsqueeze(-1).expand(-1, -1, states.shape[-1])
         sentences = states.gather(1, where) + _sinusoids(sentence_ids.gather(1, order).clamp(min=0), states.shape[-1])
         encoded = self.sentence_encoder(sentences.to(states.dtype), src_key_padding_mask=~present)
