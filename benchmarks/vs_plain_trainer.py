@@ -8,7 +8,8 @@ their best setting; `--fp32` elsewhere). Each side runs in its own process, so p
     NLPTASKS_DATA_DIR=../shared/data .venv/bin/python benchmarks/vs_plain_trainer.py --task ner --fp32
     NLPTASKS_DATA_DIR=../shared/data .venv/bin/python benchmarks/vs_plain_trainer.py --task classification --fp32
 
-Prints a table and the ratios; `--results` appends it to benchmarks/RESULTS.md.
+Prints a table and the ratios; `--results` appends it to benchmarks/RESULTS.md. `--compile` adds a third side,
+nlptasks with `train.compile: true`, and reads its start-up (the first steps) apart from its later speed.
 """
 
 from __future__ import annotations
@@ -133,10 +134,26 @@ def plain_train(
     return train, trainer.predict(tokenized["test"])
 
 
-def toolkit(args: argparse.Namespace) -> dict[str, float]:
-    import nlptasks
+def toolkit(args: argparse.Namespace, compiled: bool = False) -> dict[str, float]:
+    from transformers import TrainerCallback
 
-    result = nlptasks.run(
+    from nlptasks import training
+    from nlptasks.recipe import load_recipe
+
+    class StepClock(TrainerCallback):
+        """When each optimizer step ended: a compiled model's start-up shows in its first steps."""
+
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+
+        def on_train_begin(self, *_: object, **__: object) -> None:
+            self.started = time.perf_counter()
+
+        def on_step_end(self, *_: object, **__: object) -> None:
+            self.ends.append(time.perf_counter())
+
+    clock = StepClock()
+    recipe = load_recipe(
         RECIPES[args.task],
         {
             "model": args.model,
@@ -152,11 +169,15 @@ def toolkit(args: argparse.Namespace) -> dict[str, float]:
             "eval.splits": ["test"],
             "train.group_by_length": args.group_by_length,
             "train.weight_decay": 0.0,
+            "train.compile": compiled,
         },
-        overwrite=True,
     )
+    result = training.run(recipe, overwrite=True, callbacks=[clock])
     train = result.metrics["train"]
+    first, later = clock.ends[FIRST_STEPS - 1] - clock.started, clock.ends[-1] - clock.ends[FIRST_STEPS - 1]
     return {
+        "first_steps_seconds": first,
+        "later_samples_per_second": (len(clock.ends) - FIRST_STEPS) * args.batch_size / later,
         "train_samples_per_second": train["train_samples_per_second"],
         "train_runtime": train["train_runtime"],
         "total_flos": train["total_flos"],
@@ -169,7 +190,10 @@ RECIPES = {"ner": "ner/minilm", "classification": "classification/minilm"}
 METRICS = {"ner": "f1", "classification": "accuracy"}
 PLAIN = {"ner": plain_ner, "classification": plain_classification}
 DATA = {"ner": "CoNLL-2003 train (14,041 sentences)", "classification": "SST-2 train (6,920 sentences)"}
-SIDES = ("plain-trainer", "nlptasks")
+SIDES = ("plain-trainer", "nlptasks", "nlptasks-compiled")
+FIRST_STEPS = 10
+"""Steps a compiled model's start-up is read over: its first compilation, and the recompilation for dynamic shapes
+that the second batch length brings."""
 
 
 def measure(side: str, args: argparse.Namespace) -> dict[str, float]:
@@ -206,6 +230,7 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace, peak:
     eval_ratio = ours["eval_samples_per_second"] / plain["eval_samples_per_second"]
     flags = ("" if args.bf16 else " --fp32") + ("" if args.group_by_length else " --no-group-by-length")
     flags += f" --nlptasks-epochs {args.nlptasks_epochs}" if args.nlptasks_epochs else ""
+    flags += " --compile" if args.compile else ""
     epochs = f"{args.epochs} epochs" + (f" (nlptasks: {args.nlptasks_epochs})" if args.nlptasks_epochs else "")
     lines = [
         f"### {args.task}: nlptasks vs plain Trainer ({date.today()})",
@@ -233,6 +258,15 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace, peak:
         "Training FLOPs are the Trainer's `total_flos` (6 × parameters × tokens, padding included): an estimate.",
         "",
     ]
+    if compiled := results.get("nlptasks-compiled"):
+        lines += [
+            f"Compiled (`train.compile: true`): the first {FIRST_STEPS} steps take "
+            f"{compiled['first_steps_seconds']:.0f} s against {ours['first_steps_seconds']:.0f} s eager "
+            "(the compilations); after them "
+            f"{compiled['later_samples_per_second']:.1f} against {ours['later_samples_per_second']:.1f} samples/s "
+            f"(**{compiled['later_samples_per_second'] / ours['later_samples_per_second']:.2f}×**).",
+            "",
+        ]
     if args.nlptasks_epochs:
         reached = "equal or better" if ours["test_metric"] >= plain["test_metric"] else "a worse"
         lines += [
@@ -265,16 +299,22 @@ def main() -> None:
         type=float,
         help="nlptasks side: train this long (time to an equal metric: grouped batches learn less per epoch)",
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="also run the nlptasks side with train.compile (torch.compile)"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("runs/benchmarks"))
     parser.add_argument("--results", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = parser.parse_args()
     if args.side:
         started = time.perf_counter()
-        metrics = (PLAIN[args.task] if args.side == "plain-trainer" else toolkit)(args)
+        if args.side == "plain-trainer":
+            metrics = PLAIN[args.task](args)
+        else:
+            metrics = toolkit(args, compiled=args.side == "nlptasks-compiled")
         metrics["wall_seconds"] = time.perf_counter() - started
         print(json.dumps(metrics))
         return
-    results = {side: measure(side, args) for side in SIDES}
+    results = {side: measure(side, args) for side in SIDES if args.compile or side != "nlptasks-compiled"}
     text = report(results, args, matmul_peak_flops(args.bf16))
     publish(text, args.results)
 

@@ -134,6 +134,11 @@ class TrainConfig(Section):
     """Data loader worker processes (0: batches are made in the training process)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory for about a third more time."""
+    compile: bool = False
+    """Train and evaluate the model compiled by `torch.compile` (inductor), which fuses the element-wise work
+    around the matrix products. Compiling costs a minute or more at the start and again when inputs change
+    shape, so it can pay only on long runs where that work is a large share of a step (GPUs); on a small CPU,
+    where the matrix products dominate, compiled training measured slower (benchmarks/RESULTS.md)."""
     trim_memory_every: int | None = Field(default=10, gt=0)
     """Hand the heap's free pages back to the OS every this many steps and evaluation batches (glibc
     only; None: never). Batches of varying length fragment the heap, and RSS grows with it."""
@@ -311,13 +316,14 @@ RESUMABLE_SETTINGS = (
     "train.tracking_uri",
     "train.experiment",
     "train.gradient_checkpointing",
+    "train.compile",
     "data.max_eval_samples",
     "eval",
     "generation",
 )
 """Settings a run may continue under when they change: how long it trains, how it is evaluated, logged and
-decoded, and how its memory is managed. Any other change (model, method, adapter, data, labels, optimizer,
-precision, seed) would resume one run's checkpoint into another."""
+decoded, how its memory is managed and whether it is compiled. Any other change (model, method, adapter,
+data, labels, optimizer, precision, seed) would resume one run's checkpoint into another."""
 
 
 def changed_settings(stored: dict[str, Any], recipe: Recipe) -> list[tuple[str, Any, Any]]:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 import yaml
 
@@ -65,6 +66,7 @@ def test_clipping_off_still_logs_the_gradient_norm(tiny_bert: Path, ner_recipe, 
 
 
 OPTIMIZER_STATE = {
+    "adamw": ({"fused": True}, 5e-5),
     "sgd": ({"momentum": 0}, 0.5),
     "adafactor": ({"relative_step": False, "scale_parameter": True}, 1e-2),
 }
@@ -72,7 +74,7 @@ OPTIMIZER_STATE = {
 
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZER_STATE))
 def test_the_optimizer_is_a_setting(optimizer: str, tiny_bert: Path, ner_recipe, tmp_path: Path) -> None:
-    """SGD for the classic RNN lessons; Adafactor's RMS-scaled steps for T5 from scratch."""
+    """AdamW in one fused kernel; SGD for the classic RNN lessons; Adafactor's RMS-scaled steps for T5 from scratch."""
     state, rate = OPTIMIZER_STATE[optimizer]
     run = nlptasks.run(ner_recipe(tiny_bert, tmp_path / "run", optimizer=optimizer, epochs=1, learning_rate=rate))
     [checkpoint] = (run.run_dir / "checkpoints").glob("checkpoint-*")
@@ -228,6 +230,19 @@ def test_predict_and_eval_from_the_cli(
     assert f"{unseen}: labels the model was never trained on: ['B-PLANET', 'I-PLANET']" in capsys.readouterr().err
 
     assert main(["predict", str(tmp_path / "nowhere"), "--text", "x"]) == 2
+
+
+@pytest.mark.slow(seconds=60)
+def test_a_compiled_run_saves_and_predicts_like_an_eager_one(tiny_bert: Path, ner_recipe, tmp_path: Path) -> None:
+    """`train.compile` wraps the model the Trainer runs; what is saved and reloaded is the plain model."""
+    eager = nlptasks.run(ner_recipe(tiny_bert, tmp_path / "eager", epochs=1))
+    compiled = nlptasks.run(ner_recipe(tiny_bert, tmp_path / "compiled", epochs=1, compile=True))
+    for split in ("validation", "test"):
+        assert compiled.metrics[split]["f1"] == pytest.approx(eager.metrics[split]["f1"], abs=0.05)
+    weights = safetensors.torch.load_file(compiled.run_dir / "model" / "model.safetensors")
+    assert weights.keys() == safetensors.torch.load_file(eager.run_dir / "model" / "model.safetensors").keys()
+    [shown] = nlptasks.load(compiled.run_dir).predict("Angela Merkel visited Paris.")
+    assert len(shown["tags"]) == 5
 
 
 def test_the_decoder_family_runs_through_the_same_recipe(tiny_llama: Path, ner_recipe, tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ def training_arguments(recipe: Recipe, run_dir: RunDir, task: Task) -> TrainingA
         weight_decay=train.weight_decay,
         warmup_steps=train.warmup_ratio,
         lr_scheduler_type=train.lr_scheduler,
-        **({"optim": "sgd"} if train.optimizer == "sgd" else {}),
+        optim="sgd" if train.optimizer == "sgd" else "adamw_torch_fused",
         max_grad_norm=train.max_grad_norm,
         seed=train.seed,
         bf16=precision == "bf16",
@@ -47,6 +47,7 @@ def training_arguments(recipe: Recipe, run_dir: RunDir, task: Task) -> TrainingA
         report_to=[name for name in train.report_to if name != "tensorboard"] or "none",
         dataloader_num_workers=train.num_workers,
         activation_checkpointing=train.gradient_checkpointing,
+        torch_compile=train.compile,
         label_names=list(task.label_names),
     )
 
