@@ -59,7 +59,8 @@ def test_documents_from_text_markdown_jsonl_and_csv_keep_ids_titles_and_metadata
     assert set(found) == {"notes/eiffel.md", "nile.txt", "everest", "photo"}
     assert found["notes/eiffel.md"].title == "Eiffel Tower" and found["nile.txt"].title == "nile"
     assert found["everest"].metadata == {"year": 1953} and found["photo"].metadata == {"source": "textbook"}
-    assert report.documents == 4 and report.skipped_files == [str(docs / "image.png")]
+    assert report.documents == 4 and len(report.skipped_files) == 1
+    assert report.skipped_files[0].startswith(f"{docs / 'image.png'}: .png files are not read (read: ")
 
 
 @pytest.mark.parametrize(
@@ -93,6 +94,105 @@ def test_non_utf8_and_empty_documents(tmp_path: Path) -> None:
     assert [d.id for d in kept] == ["rows.jsonl:1"] and report.skipped_empty == [f"{tmp_path / 'rows.jsonl'}:2"]
     with pytest.raises(DataError, match="not found"):
         list(read_documents([tmp_path / "missing"]))
+
+
+def pdf_file(path: Path, pages: list[str], title: str = "") -> Path:
+    """A minimal PDF, one line of Helvetica text a page, offsets in its cross-reference table exact."""
+    count = len(pages)
+    objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{' '.join(f'{5 + 2 * i} 0 R' for i in range(count))}] /Count {count} >>",
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        f"<< /Title ({title}) >>",
+    ]
+    for i, text in enumerate(pages):
+        stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET" if text else ""
+        objects.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> "
+            f"/Contents {6 + 2 * i} 0 R >>"
+        )
+        objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream")
+    out, offsets = "%PDF-1.4\n", []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n{body}\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n" + "".join(f"{o:010d} 00000 n \n" for o in offsets)
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R /Info 4 0 R >>\nstartxref\n{xref}\n%%EOF\n"
+    path.write_bytes(out.encode("latin-1"))
+    return path
+
+
+def test_pdf_pages_reach_the_chunks_and_their_citations(tiny_bert: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from nlptasks.rag.generate import citation
+
+    pages = ["The Nile flows north into the Mediterranean Sea.", "Mount Everest is 8849 metres high."]
+    pdf_file(tmp_path / "atlas.pdf", pages, title="World Atlas")
+    [document] = read_documents([tmp_path / "atlas.pdf"])
+    assert (document.id, document.title) == ("atlas.pdf", "World Atlas")
+    assert document.text == "\n\n".join(pages) and document.page_starts == (0, len(pages[0]) + 2)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    longest = max(len(tokenizer(page, add_special_tokens=False)["input_ids"]) for page in pages)
+    per_page = chunk_document(document, tokenizer, longest, 0)
+    assert [(c.text, c.metadata["page"]) for c in per_page] == [(pages[0], 1), (pages[1], 2)]
+    [both] = chunk_document(document, tokenizer, 200, 0)
+    assert (both.metadata["page"], both.metadata["last_page"]) == (1, 2)
+    assert citation(1, Hit(0, per_page[1], 1.0))["page"] == 2
+    assert "page" not in chunk_document(Document("t", pages[0]), tokenizer, longest, 0)[0].metadata
+
+
+def test_html_keeps_the_main_text_and_drops_the_navigation(tmp_path: Path) -> None:
+    article = " ".join(f"The river delta holds {n} thousand wetland birds in the dry season." for n in range(8))
+    (tmp_path / "page.html").write_text(
+        "<html><head><title>Delta birds</title><script>var tracking = 1;</script></head><body>"
+        "<nav><a href='/'>Home</a> | <a href='/shop'>Shop our store</a></nav>"
+        f"<header>Site banner</header><article><h1>Delta birds</h1><p>{article}</p></article>"
+        "<footer>Copyright and cookie settings</footer></body></html>"
+    )
+    [document] = read_documents([tmp_path / "page.html"])
+    assert document.title == "Delta birds" and "wetland birds" in document.text
+    for boilerplate in ("Shop our store", "cookie settings", "tracking"):
+        assert boilerplate not in document.text
+
+
+def test_restructured_text_and_word_documents_read_as_plain_text(tmp_path: Path) -> None:
+    import docx
+
+    (tmp_path / "guide.rst").write_text(
+        "Install guide\n=============\n\n.. a comment nobody should retrieve\n\n"
+        "Run **setup** with ``--fast``.\n\n.. sphinx-only:: unknown\n\n   hidden\n\n- first step\n- second step\n"
+    )
+    word = docx.Document()
+    word.core_properties.title = "Budget"
+    word.add_paragraph("Spending rose in March.")
+    table = word.add_table(rows=1, cols=2)
+    table.rows[0].cells[0].text, table.rows[0].cells[1].text = "March", "120"
+    word.add_paragraph("It fell in April.")
+    word.save(tmp_path / "budget.docx")
+    found = {d.id: d for d in read_documents([tmp_path])}
+    guide = found["guide.rst"]
+    assert guide.title == "Install guide" and "Run setup with --fast." in guide.text
+    assert "first step" in guide.text and "comment" not in guide.text and "sphinx-only" not in guide.text
+    budget = found["budget.docx"]
+    assert budget.title == "Budget"
+    assert budget.text == "Spending rose in March.\n\nMarch | 120\n\nIt fell in April."
+
+
+def test_files_a_converter_cannot_read_are_skipped_saying_why(tmp_path: Path) -> None:
+    (tmp_path / "damaged.pdf").write_bytes(b"%PDF-1.4\nthis is not a PDF body")
+    pdf_file(tmp_path / "scan.pdf", ["", ""])
+    (tmp_path / "fake.docx").write_text("plain text named .docx")
+    (tmp_path / "empty.html").write_text("<html><head><script>var shown = 0;</script></head><body></body></html>")
+    (tmp_path / "kept.txt").write_text("Still read.")
+    report = ReadReport()
+    assert [d.id for d in read_documents([tmp_path], report=report)] == ["kept.txt"]
+    reasons = dict(line.split(": ", 1) for line in report.skipped_files)
+    assert reasons[str(tmp_path / "damaged.pdf")].startswith("not a readable PDF")
+    assert reasons[str(tmp_path / "scan.pdf")] == "no text layer in its 2 pages (a scanned PDF needs OCR first)"
+    assert reasons[str(tmp_path / "fake.docx")].startswith("not a readable .docx")
+    assert reasons[str(tmp_path / "empty.html")] == "no main text found in the page"
 
 
 def test_sentences_pack_into_chunks_that_overlap_and_cover_the_document(tiny_bert: Path) -> None:

@@ -1,11 +1,12 @@
-"""Documents in (text, Markdown, JSONL, CSV; a folder or files) and chunks out.
+"""Documents in (text, Markdown, JSONL, CSV, PDF, HTML, reStructuredText, Word; a folder or files) and chunks out.
 
-A document's id is stable across runs: its path below the folder given (text, Markdown), or its
-row's id column (JSONL, CSV; `path:line` where there is none), so re-ingesting finds it again.
+A document's id is stable across runs: its path below the folder given (one document a file), or
+its row's id column (JSONL, CSV; `path:line` where there is none), so re-ingesting finds it again.
 """
 
 from __future__ import annotations
 
+import bisect
 import csv
 import hashlib
 import json
@@ -17,9 +18,11 @@ from typing import Any
 
 from nlptasks.data import json_value
 from nlptasks.errors import DataError
+from nlptasks.rag import formats
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown"}
 ROW_SUFFIXES = {".jsonl", ".csv"}
+READ_SUFFIXES = sorted(TEXT_SUFFIXES | ROW_SUFFIXES | set(formats.BINARY) | set(formats.MARKUP))
 
 SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])|\n\s*\n")
 """Sentence boundaries by terminal punctuation or a blank line: a regex, because punkt (nltk)
@@ -32,10 +35,13 @@ class Document:
     text: str
     title: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    page_starts: tuple[int, ...] = ()
+    """Offset in `text` where each page begins (a PDF's), page 1 first: a chunk's metadata names its pages."""
 
     @property
     def content_hash(self) -> str:
-        payload = json.dumps([self.title, self.text, self.metadata], sort_keys=True, ensure_ascii=False)
+        pages = [list(self.page_starts)] if self.page_starts else []  # unpaged documents keep the hashes they had
+        payload = json.dumps([self.title, self.text, self.metadata, *pages], sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
@@ -57,7 +63,7 @@ class ReadReport:
     skipped_empty: list[str] = field(default_factory=list)
     """`file:line` (or file) of every document without text, skipped."""
     skipped_files: list[str] = field(default_factory=list)
-    """Files of a type that is not read."""
+    """`file: why` for every file not read: a type not read here, or one its converter cannot read."""
 
 
 def read_documents(
@@ -84,8 +90,12 @@ def _read_file(
     path: Path, name: str, text_field: str, id_field: str | None, report: ReadReport
 ) -> Iterator[tuple[Document, str]]:
     suffix = path.suffix.lower()
+    if suffix in formats.BINARY or suffix in formats.MARKUP:
+        yield from _converted(path, name, suffix, report)
+        return
     if suffix not in TEXT_SUFFIXES | ROW_SUFFIXES:
-        report.skipped_files.append(str(path))
+        kind = f"{suffix} files are" if suffix else "a file without a suffix is"
+        report.skipped_files.append(f"{path}: {kind} not read (read: {' '.join(READ_SUFFIXES)})")
         return
     text = _read_text(path)
     if suffix in TEXT_SUFFIXES:
@@ -111,6 +121,22 @@ def _read_file(
         doc_id = str(row[key]) if key is not None else f"{name}:{line}"
         metadata = {k: v for k, v in row.items() if k not in {text_field, key, "title"} and _is_scalar(v)}
         yield Document(doc_id, body, str(row.get("title") or ""), metadata), where
+
+
+def _converted(path: Path, name: str, suffix: str, report: ReadReport) -> Iterator[tuple[Document, str]]:
+    """One document from a file its converter reads; a file it cannot read is skipped, saying why."""
+    try:
+        if suffix in formats.MARKUP:
+            converted = formats.MARKUP[suffix](path, _read_text(path))
+        else:
+            converted = formats.BINARY[suffix](path)
+    except formats.Unreadable as why:
+        report.skipped_files.append(f"{path}: {why}")
+        return
+    if not converted.text.strip():
+        report.skipped_empty.append(str(path))
+        return
+    yield Document(name, converted.text, converted.title, page_starts=converted.page_starts), str(path)
 
 
 def _read_text(path: Path) -> str:
@@ -177,7 +203,8 @@ def chunk_document(document: Document, tokenizer: Any, chunk_tokens: int, overla
             used += pieces[last][2]
             last += 1
         start, end = pieces[first][0], pieces[last - 1][1]
-        chunks.append(Chunk(document.id, len(chunks), document.text[start:end], start, end, _chunk_metadata(document)))
+        metadata = _chunk_metadata(document, start, end)
+        chunks.append(Chunk(document.id, len(chunks), document.text[start:end], start, end, metadata))
         if last == len(pieces):
             break
         first = _overlap_start(pieces, first, last, overlap)
@@ -209,8 +236,17 @@ def _overlap_start(pieces: list[tuple[int, int, int]], first: int, last: int, ov
     return start
 
 
-def _chunk_metadata(document: Document) -> dict[str, Any]:
-    return {"title": document.title, **document.metadata} if document.title else dict(document.metadata)
+def _chunk_metadata(document: Document, start: int, end: int) -> dict[str, Any]:
+    """The document's title and metadata; for a paged document, the `page` the chunk starts on and,
+    when it runs onto later ones, its `last_page` (1-based, as a reader cites them)."""
+    metadata = {"title": document.title, **document.metadata} if document.title else dict(document.metadata)
+    if document.page_starts:
+        first = bisect.bisect_right(document.page_starts, start)
+        last = bisect.bisect_right(document.page_starts, max(start, end - 1))
+        metadata["page"] = first
+        if last != first:
+            metadata["last_page"] = last
+    return metadata
 
 
 def embedding_text(chunk: Chunk) -> str:

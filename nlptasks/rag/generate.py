@@ -44,7 +44,9 @@ def not_found() -> dict[str, Any]:
 
 
 def citation(number: int, hit: Hit) -> dict[str, Any]:
-    return {"n": number, "doc_id": hit.chunk.doc_id, "chunk_id": hit.chunk_id, "text": hit.chunk.text}
+    """The cited passage; from a paged document (PDF), with the `page` (and `last_page`) it is on."""
+    pages = {key: hit.chunk.metadata[key] for key in ("page", "last_page") if key in hit.chunk.metadata}
+    return {"n": number, "doc_id": hit.chunk.doc_id, "chunk_id": hit.chunk_id, "text": hit.chunk.text, **pages}
 
 
 class DecoderGenerator:
