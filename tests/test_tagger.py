@@ -148,6 +148,12 @@ def test_bad_tagger_args_are_recipe_errors_naming_the_key(tiny_bert: Path) -> No
         models.build(str(tiny_bert), {"char_encoder": True}, ner(), LABELS, examples(), Adaptation(AdapterOptions()))
     plain, _ = models.build(str(tiny_bert), {"crf": False, "char_encoder": False}, ner(), LABELS, examples())
     assert type(plain) is BertForTokenClassification  # nothing asked for: the encoder's own token classifier
+    with pytest.raises(RecipeError, match=r"model_args\.char_hiden: .*bert model's config.*did you mean 'char_hidden'"):
+        tagger(tiny_bert, char_hiden=70)
+    with pytest.raises(RecipeError, match=r"model_args\.crff: .*did you mean 'crf'"):
+        models.build(str(tiny_bert), {"crff": True}, ner(), LABELS, examples())
+    quieter, _ = tagger(tiny_bert, hidden_dropout_prob=0.0)  # a config setting of the encoder still reaches it
+    assert quieter.encoder.config.hidden_dropout_prob == 0.0
 
 
 def test_the_head_learns_at_its_own_rate_and_the_encoder_at_the_recipe_rate(tiny_bert: Path, tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from transformers import AutoTokenizer, PreTrainedModel
 
 from nlptasks import adapters, catalog, engines
 from nlptasks.engines import ctranslate2, onnx
-from nlptasks.errors import RecipeError
+from nlptasks.errors import RecipeError, did_you_mean
 from nlptasks.models import recurrent, rnn_seq2seq, t5, tagger  # noqa: F401 - each registers its family or Auto classes
 from nlptasks.tasks.base import Task
 
@@ -103,11 +103,11 @@ def _pretrained(request: BuildRequest) -> tuple[PreTrainedModel, Any]:
     inside a tagger with a character CNN or a CRF where `model_args` ask for one (`tagger.py`)."""
     ref, task = request.ref, request.task
     tokenizer = load_tokenizer(ref.location, ref.family, task.generates)
+    config_args = _config_overrides(ref.location, request.model_args)
     if tagger.requested(request.model_args):
-        return tagger.build(request, tokenizer)
+        return tagger.build(request, tokenizer, config_args)
     auto_class = getattr(transformers, task.auto_model)
     quantization = adapters.quantization(request.adaptation)
-    config_args = {key: value for key, value in request.model_args.items() if key not in tagger.TAGGER_KEYS}
     model, loading = auto_class.from_pretrained(
         ref.location, output_loading_info=True, **request.head, **quantization, **config_args
     )
@@ -116,6 +116,27 @@ def _pretrained(request: BuildRequest) -> tuple[PreTrainedModel, Any]:
     if request.adaptation:
         return adapters.with_lora(model, request.adaptation, task.auto_model, fresh), tokenizer
     return model, tokenizer
+
+
+LOADING_ARGS = frozenset({"attn_implementation", "dtype", "revision", "subfolder"})
+"""`from_pretrained` arguments a recipe may pass in `model_args` that are not config settings."""
+
+
+def _config_overrides(location: str, model_args: dict[str, Any]) -> dict[str, Any]:
+    """The `model_args` that reach the checkpoint's `from_pretrained`, each checked against its config: a
+    misspelt key would otherwise become a new config attribute that nothing reads, silently."""
+    overrides = {key: value for key, value in model_args.items() if key not in tagger.TAGGER_KEYS}
+    if not overrides:
+        return overrides
+    config = transformers.AutoConfig.from_pretrained(location)
+    known = {*config.to_dict(), *config.attribute_map, *LOADING_ARGS}
+    for key in overrides:
+        if key not in known:
+            raise RecipeError(
+                f"model_args.{key}: not a setting of this {config.model_type} model's config, nor of the layers "
+                f"a tagger adds{did_you_mean(key, known | tagger.TAGGER_KEYS)}"
+            )
+    return overrides
 
 
 def _warm_started(request: BuildRequest) -> tuple[PreTrainedModel, Any]:

@@ -187,8 +187,11 @@ def _sinusoids(positions: torch.Tensor, width: int) -> torch.Tensor:
     return torch.stack([angles.sin(), angles.cos()], -1).flatten(-2)[..., :width]
 
 
-def build(request: BuildRequest, tokenizer: Any) -> tuple[EncoderTaggerForTokenClassification, Any]:
-    """The pretrained encoder at `request.ref` inside a tagger; the other `model_args` reach its `from_pretrained`."""
+def build(
+    request: BuildRequest, tokenizer: Any, encoder_args: dict[str, Any]
+) -> tuple[EncoderTaggerForTokenClassification, Any]:
+    """The pretrained encoder at `request.ref` inside a tagger; `encoder_args` (the other `model_args`,
+    checked against its config) reach its `from_pretrained`."""
     if request.task.auto_model != AutoModelForTokenClassification.__name__:
         raise RecipeError(f"model_args: layers for labelling tokens; task '{request.task.name}' does not label tokens")
     if request.adaptation is not None:
@@ -203,7 +206,6 @@ def build(request: BuildRequest, tokenizer: Any) -> tuple[EncoderTaggerForTokenC
         raise RecipeError(f"model_args.char_encoder / crf: layers over words; task '{task.name}' reads text, not words")
     if options.sentence_layers and "sentence_ids" not in task.pad_values(tokenizer):
         raise RecipeError(f"model_args.sentence_layers: layers over sentences; task '{task.name}' marks none")
-    encoder_args = {key: value for key, value in request.model_args.items() if key not in TAGGER_KEYS}
     encoder = AutoModel.from_pretrained(request.ref.location, **encoder_args)
     if options.char_encoder:
         words = (word for column in task.text_columns() for row in request.train_examples[column] for word in row)
