@@ -10,17 +10,20 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
 import yaml
+from transformers import TrainingArguments
 
 import nlptasks
 from nlptasks.cli import main
 from nlptasks.errors import DataError, TrainingDiverged
 from nlptasks.rundir import RunDir, publish_folder
+from nlptasks.training import settings
 from nlptasks.training.callbacks import TrimFreedMemory
 from nlptasks.training.trainer import TaskTrainer
 
@@ -232,13 +235,18 @@ def test_predict_and_eval_from_the_cli(
     assert main(["predict", str(tmp_path / "nowhere"), "--text", "x"]) == 2
 
 
-@pytest.mark.slow(seconds=60)
-def test_a_compiled_run_saves_and_predicts_like_an_eager_one(tiny_bert: Path, ner_recipe, tmp_path: Path) -> None:
-    """`train.compile` wraps the model the Trainer runs; what is saved and reloaded is the plain model."""
+@pytest.mark.slow(seconds=25)
+def test_a_compiled_run_saves_and_predicts_like_an_eager_one(
+    tiny_bert: Path, ner_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train.compile` wraps the model the Trainer runs; what is saved and reloaded is the plain model.
+
+    The graphs are captured as `torch.compile` captures them, but run eagerly instead of by inductor:
+    the wrapping, saving and reloading are what this tests, and inductor's code generation takes a minute."""
     eager = nlptasks.run(ner_recipe(tiny_bert, tmp_path / "eager", epochs=1))
+    monkeypatch.setattr(settings, "TrainingArguments", partial(TrainingArguments, torch_compile_backend="eager"))
     compiled = nlptasks.run(ner_recipe(tiny_bert, tmp_path / "compiled", epochs=1, compile=True))
-    for split in ("validation", "test"):
-        assert compiled.metrics[split]["f1"] == pytest.approx(eager.metrics[split]["f1"], abs=0.05)
+    assert compiled.metrics["train"]["train_loss"] == pytest.approx(eager.metrics["train"]["train_loss"], rel=1e-3)
     weights = safetensors.torch.load_file(compiled.run_dir / "model" / "model.safetensors")
     assert weights.keys() == safetensors.torch.load_file(eager.run_dir / "model" / "model.safetensors").keys()
     [shown] = nlptasks.load(compiled.run_dir).predict("Angela Merkel visited Paris.")

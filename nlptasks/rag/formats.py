@@ -36,7 +36,8 @@ def pdf(path: Path) -> Converted:
     except Exception as err:  # pypdf raises many types for damaged files; each one means the same to a reader
         raise Unreadable(f"not a readable PDF ({type(err).__name__}: {err})") from None
     if not any(pages):
-        raise Unreadable(f"no text layer in its {len(pages)} pages (a scanned PDF needs OCR first)")
+        count = f"{len(pages)} page{'s' if len(pages) != 1 else ''}"
+        raise Unreadable(f"no text layer in its {count} (a scanned PDF needs OCR first)")
     starts, text = [], ""
     for page in pages:
         starts.append(len(text))
