@@ -138,7 +138,7 @@ class TrainConfig(Section):
     """Train and evaluate the model compiled by `torch.compile` (inductor), which fuses the element-wise work
     around the matrix products. Compiling costs a minute or more at the start and again when inputs change
     shape, so it can pay only on long runs where that work is a large share of a step (GPUs); on a small CPU,
-    where the matrix products dominate, compiled training measured slower (benchmarks/RESULTS.md)."""
+    where the matrix products dominate, compiled training is slower than eager."""
     trim_memory_every: int | None = Field(default=10, gt=0)
     """Hand the heap's free pages back to the OS every this many steps and evaluation batches (glibc
     only; None: never). Batches of varying length fragment the heap, and RSS grows with it."""
