@@ -42,6 +42,7 @@ class Case:
     message: str
     """What the error says after `<file>:<line>: `."""
     data: dict[str, Any] | None = None
+    """Data settings beside the shared ones (a prompt with an instruction needs more than 48 tokens)."""
     task_args: dict[str, Any] | None = None
 
 
@@ -101,6 +102,16 @@ CASES: dict[str, Case] = {
         "field 'score'",
         task_args={"objective": "supervised"},
     ),
+    "rag-answer": Case(
+        "tiny_llama",
+        lambda: [
+            {"question": q, "passages": [CONTEXT, "Paris is in France."], "answer": a, "answers": [a.split(" [")[0]]}
+            for q, a in [("Who wrote it?", "Ada Lovelace [1]"), ("Where is Paris?", "France [2]")] * 4
+        ],
+        {"question": "Who?", "passages": [], "answer": "Ada [1]"},
+        "field 'passages' must be a non-empty list of texts",
+        data={"max_length": 128},
+    ),
 }
 
 
@@ -122,7 +133,9 @@ def test_a_task_trains_loads_predicts_as_evaluated_and_names_bad_rows(
         "model": str(request.getfixturevalue(case.model)),
         "output_dir": str(tmp_path / "run"),
         "task_args": case.task_args or {},
-        "data": {f"{split}_file": str(path) for split, path in files.items()} | {"max_length": 48, "stride": 8},
+        "data": {f"{split}_file": str(path) for split, path in files.items()}
+        | {"max_length": 48, "stride": 8}
+        | (case.data or {}),
         "train": {"max_steps": 2, "batch_size": 4, "eval_strategy": "no", "precision": "fp32"},
         "generation": {"max_new_tokens": 4},
     }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -11,18 +10,10 @@ import torch
 
 from nlptasks.chat import prompt_frame
 from nlptasks.errors import UserInputError
+from nlptasks.grounded import CITATION, NOT_FOUND, RULES, cited, passage_prompt, says_not_found
 from nlptasks.metrics.squad import normalize_answer
 from nlptasks.rag.retrieve import Hit
 from nlptasks.rag.settings import RagSettings
-
-NOT_FOUND = "The documents do not contain the answer."
-RULES = (
-    "Answer the question using only the numbered passages. Cite the passage of each fact as [n]. "
-    f"If the passages do not contain the answer, reply exactly: {NOT_FOUND}\n\nPassages:\n"
-)
-CITATION = re.compile(r"\[(\d+)\]")
-MIN_PASSAGE_TOKENS = 16
-"""A passage cut shorter than this to fit the prompt is left out instead."""
 
 
 class Generator(Protocol):
@@ -32,11 +23,19 @@ class Generator(Protocol):
 
 
 def load_generator(settings: RagSettings) -> Generator:
-    """A QA run directory reads answers out of the chunks; anything else is a decoder that writes them."""
-    path = Path(settings.generator).expanduser()
-    if (path / "recipe.yaml").is_file():
-        return ExtractiveReader(path, settings)
-    return DecoderGenerator(settings)
+    """A QA run directory reads answers out of the chunks; a rag-answer run (`rag tune`) or any other
+    decoder writes them."""
+    from nlptasks.rundir import RunDir
+
+    run = RunDir.read(Path(settings.generator).expanduser())
+    if not run.recipe.is_file():
+        return DecoderGenerator(settings)
+    from nlptasks.recipe import load_recipe
+
+    recipe = load_recipe(run.recipe)
+    if recipe.task == "rag-answer":
+        return DecoderGenerator(settings, str(run.model), recipe.task_args.get("prefix", RULES))
+    return ExtractiveReader(run.root, settings)
 
 
 def not_found() -> dict[str, Any]:
@@ -49,15 +48,23 @@ def citation(number: int, hit: Hit) -> dict[str, Any]:
     return {"n": number, "doc_id": hit.chunk.doc_id, "chunk_id": hit.chunk_id, "text": hit.chunk.text, **pages}
 
 
+def prompt_budget(settings: RagSettings, config: Any) -> int:
+    """Prompt tokens: `max_context_tokens`, less where the model's context must also hold the answer."""
+    context_length = getattr(config, "max_position_embeddings", settings.max_context_tokens)
+    return min(settings.max_context_tokens, context_length - settings.generation.max_new_tokens)
+
+
 class DecoderGenerator:
-    def __init__(self, settings: RagSettings) -> None:
+    """A chat decoder asked with `grounded.passage_prompt`: the `rules`, the passages that fit, the question."""
+
+    def __init__(self, settings: RagSettings, location: str | None = None, rules: str = RULES) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from nlptasks.catalog import resolve_model
         from nlptasks.engines.ctranslate2 import conversion_cache
         from nlptasks.models.generation import configure, generator
 
-        location = resolve_model(settings.generator).location
+        location = location or resolve_model(settings.generator).location
         self.tokenizer = AutoTokenizer.from_pretrained(location)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -67,32 +74,14 @@ class DecoderGenerator:
             self.model.generation_config.pad_token_id = self.tokenizer.eos_token_id
         cache = partial(conversion_cache, location)  # called only if the engine is ctranslate2
         self.generator = generator(self.model, self.tokenizer, settings.generation, cache, batches_in_parallel=False)
-        self.head, self.tail = prompt_frame(self.tokenizer, RULES)
-        context_length = getattr(self.model.config, "max_position_embeddings", settings.max_context_tokens)
-        self.budget = min(settings.max_context_tokens, context_length - settings.generation.max_new_tokens)
+        self.frame = prompt_frame(self.tokenizer, rules)
+        self.budget = prompt_budget(settings, self.model.config)
 
     def prompt(self, question: str, hits: list[Hit]) -> tuple[list[int], list[Hit]]:
         """Prompt ids with as many passages (best first) as fit beside the whole question, and those passages."""
-        ask = self._ids(f"\nQuestion: {question}")
-        room = self.budget - len(self.head) - len(self.tail) - len(ask)
-        if room < MIN_PASSAGE_TOKENS:
-            raise UserInputError(
-                f"question: {len(ask)} tokens leave no room for passages in the prompt budget of "
-                f"{self.budget} tokens (rag.max_context_tokens); shorten the question or raise the budget"
-            )
-        passages: list[int] = []
-        used: list[Hit] = []
-        for number, hit in enumerate(hits, 1):
-            ids = self._ids(f"[{number}] {hit.chunk.text}\n")
-            left = room - len(passages)
-            if len(ids) > left:
-                if left >= MIN_PASSAGE_TOKENS:
-                    passages += ids[: left - 1] + self._ids("\n")
-                    used.append(hit)
-                break
-            passages += ids
-            used.append(hit)
-        return self.head + passages + ask + self.tail, used
+        texts = [hit.chunk.text for hit in hits]
+        ids, used = passage_prompt(self.tokenizer, self.frame, question, texts, self.budget)
+        return ids, hits[:used]
 
     @torch.inference_mode()
     def answer(self, question: str, hits: list[Hit]) -> dict[str, Any]:
@@ -104,15 +93,12 @@ class DecoderGenerator:
         batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
         batch = {key: value.to(self.model.device) for key, value in batch.items()}
         text = self.tokenizer.decode(generate_ids(self.generator, batch)[0], skip_special_tokens=True).strip()
-        if _says_not_found(text):
+        if says_not_found(text):
             return not_found()
-        cited = sorted({int(n) for n in CITATION.findall(text) if 1 <= int(n) <= len(used)})
-        if cited:
-            return {"answer": text, "found": True, "citations": [citation(n, used[n - 1]) for n in cited]}
+        numbers = cited(text, len(used))
+        if numbers:
+            return {"answer": text, "found": True, "citations": [citation(n, used[n - 1]) for n in numbers]}
         return {"answer": text, "found": True, "citations": attributed(text, used)}
-
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def attributed(answer: str, hits: list[Hit]) -> list[dict[str, Any]]:
@@ -126,10 +112,6 @@ def attributed(answer: str, hits: list[Hit]) -> list[dict[str, Any]]:
         return []
     best = overlap.index(max(overlap))
     return [{**citation(best + 1, hits[best]), "attributed": True}]
-
-
-def _says_not_found(text: str) -> bool:
-    return NOT_FOUND.lower().rstrip(".") in text.lower() or not text
 
 
 class ExtractiveReader:

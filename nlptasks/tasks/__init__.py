@@ -10,6 +10,7 @@ from nlptasks.tasks.classification import Classification
 from nlptasks.tasks.extractive_summarization import ExtractiveSummarization
 from nlptasks.tasks.ner import NER
 from nlptasks.tasks.qa import QuestionAnswering
+from nlptasks.tasks.rag_answer import RagAnswer
 from nlptasks.tasks.sentence_embedding import SentenceEmbedding
 from nlptasks.tasks.summarization import Summarization
 from nlptasks.tasks.translation import Translation
@@ -27,6 +28,7 @@ TASKS: dict[str, type[Task]] = {
         Summarization,
         Translation,
         SentenceEmbedding,
+        RagAnswer,
     )
 }
 

@@ -107,12 +107,12 @@ class Seq2SeqTask(Task):
         return sum(len(ids) + 1 > self.options.max_target_length for ids in pieces)
 
     def featurize(self, examples: datasets.Dataset, tokenizer: Any, label2id: dict[str, int]) -> datasets.Dataset:
-        encode_sources = self._prompt_encoder(tokenizer) if self.decoder_only else self._source_encoder(tokenizer)
+        encode_sources = self.input_encoder(tokenizer)
         end = _end_of_sequence(tokenizer)
         room = self.options.max_target_length - 1
 
         def encode(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
-            encoded = encode_sources(self.sources(batch, indices))
+            encoded = encode_sources(batch, indices)
             targets = self.targets(batch, indices)
             if targets is not None:
                 pieces = tokenizer(targets, add_special_tokens=False, truncation=True, max_length=room)["input_ids"]
@@ -120,6 +120,12 @@ class Seq2SeqTask(Task):
             return {**encoded, "example_index": indices}
 
         return tokenized(examples, encode)
+
+    def input_encoder(self, tokenizer: Any) -> Callable[[dict[str, list], list[int]], dict[str, list]]:
+        """The model inputs of a batch of rows: its sources as a prompt (decoder) or as the encoder's input.
+        A task whose prompt is more than one text cut at its end builds its own."""
+        encode = self._prompt_encoder(tokenizer) if self.decoder_only else self._source_encoder(tokenizer)
+        return lambda batch, indices: encode(self.sources(batch, indices))
 
     def _source_encoder(self, tokenizer: Any) -> Callable[[list[str]], dict[str, list]]:
         """An encoder-decoder's inputs: `prefix + source` with the tokenizer's special tokens, cut at `max_length`."""
@@ -142,7 +148,7 @@ class Seq2SeqTask(Task):
 
         def encode(sources: list[str]) -> dict[str, list]:
             pieces = tokenizer(sources, add_special_tokens=False, truncation=True, max_length=room)["input_ids"]
-            return _unpadded([head + ids + tail for ids in pieces])
+            return unpadded([head + ids + tail for ids in pieces])
 
         return encode
 
@@ -153,7 +159,7 @@ class Seq2SeqTask(Task):
             return {**encoded, "labels": targets}
         prompts = encoded["input_ids"]
         return {
-            **_unpadded([prompt + target for prompt, target in zip(prompts, targets)]),
+            **unpadded([prompt + target for prompt, target in zip(prompts, targets)]),
             "labels": [[-100] * len(prompt) + target for prompt, target in zip(prompts, targets)],
         }
 
@@ -184,7 +190,7 @@ def gen_len(predictions: list[Generation]) -> float:
     return float(np.mean([prediction.tokens for prediction in predictions])) if predictions else 0.0
 
 
-def _unpadded(sequences: list[list[int]]) -> dict[str, list]:
+def unpadded(sequences: list[list[int]]) -> dict[str, list]:
     """Token ids with the attention mask of unpadded rows (all ones)."""
     return {"input_ids": sequences, "attention_mask": [[1] * len(ids) for ids in sequences]}
 
