@@ -170,6 +170,18 @@ def _add_rag(parser: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--index", required=True, help="the benchmark's index (built there when absent)")
     evaluate.add_argument("--benchmark", required=True, choices=["cranfield", "squad"])
     evaluate.add_argument("--answers", type=int, default=200, help="squad: questions answered end to end (0: none)")
+    tune = _command(commands, "tune", help="fine-tune the index's retriever and generator on questions with answers")
+    tune.add_argument("--index", required=True, help="the index to tune (it is not changed)")
+    tune.add_argument(
+        "--questions",
+        required=True,
+        help="JSON Lines: question, answers, and doc_id or context (the gold passage); SQuAD files read as they are",
+    )
+    tune.add_argument("--out", required=True, help="folder of the runs, their data, the tuned index (OUT/index)")
+    tune.add_argument("--holdout", type=float, default=0.1, help="share of questions held out to score both")
+    tune.add_argument(
+        "--unanswerable", type=float, default=0.2, help="share of generator prompts without the answer, to abstain"
+    )
     serve = _command(commands, "serve", help="`nlptasks serve` with this index: /v1/rag/NAME/search|ask, /search, /ask")
     serve.add_argument("--index", required=True)
     serve.add_argument("--host", default="127.0.0.1")
@@ -340,6 +352,13 @@ def cmd_rag(args: argparse.Namespace) -> int:
         return 0
     if args.recipe is not None:
         raise UserInputError(f"--recipe: {args.rag_command} uses the settings the index was built with; use --set")
+    if args.rag_command == "tune":
+        from nlptasks.rag.tune import tune
+
+        print(
+            json.dumps(tune(args.index, args.questions, args.out, args.set, args.holdout, args.unanswerable), indent=2)
+        )
+        return 0
     pipeline = rag.RagPipeline(args.index, args.set)
     if args.rag_command == "search":
         print(json.dumps([hit.as_json() for hit in pipeline.search(args.question)], ensure_ascii=False))

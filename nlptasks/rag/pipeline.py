@@ -19,6 +19,8 @@ from nlptasks.rag.settings import BUILD_FIELDS, RagSettings, settings_of_index
 from nlptasks.rag.store import SETTINGS_FILE, IndexFolder, saved_dim, saved_settings
 from nlptasks.rundir import publish_folder, restore_interrupted
 
+Pending = tuple[str, str, list[Chunk]]
+"""A document's id, content hash and chunks, waiting to be embedded."""
 EMBED_BATCH_CHUNKS = 512
 """Chunks embedded at a time while indexing: memory stays flat however many documents there are."""
 
@@ -121,7 +123,7 @@ def _apply(
     from tqdm.auto import tqdm
 
     seen: set[str] = set()
-    pending: list[tuple[Document, list[Chunk]]] = []
+    pending: list[Pending] = []
     bar = tqdm(desc="Embedding", unit="chunk", disable=not progress)
     for document in documents:
         seen.add(document.id)
@@ -135,8 +137,8 @@ def _apply(
         else:
             report.added += 1
         chunks = chunk_document(document, encoder.tokenizer, settings.chunk_tokens, settings.chunk_overlap)
-        pending.append((document, chunks))
-        if sum(len(c) for _, c in pending) >= EMBED_BATCH_CHUNKS:
+        pending.append((document.id, document.content_hash, chunks))
+        if sum(len(c) for _, _, c in pending) >= EMBED_BATCH_CHUNKS:
             _embed_pending(index, pending, encoder, bar)
     _embed_pending(index, pending, encoder, bar)
     bar.close()
@@ -146,15 +148,38 @@ def _apply(
             report.removed += 1
 
 
-def _embed_pending(index: IndexFolder, pending: list[tuple[Document, list[Chunk]]], encoder: Any, bar: Any) -> None:
-    texts = [embedding_text(chunk) for _, chunks in pending for chunk in chunks]
+def _embed_pending(index: IndexFolder, pending: list[Pending], encoder: Any, bar: Any) -> None:
+    texts = [embedding_text(chunk) for _, _, chunks in pending for chunk in chunks]
     vectors = embed(encoder, texts) if texts else np.zeros((0, index.dim), dtype=np.float32)
     offset = 0
-    for document, chunks in pending:
-        index.add_document(document.id, document.content_hash, chunks, vectors[offset : offset + len(chunks)])
+    for doc_id, content_hash, chunks in pending:
+        index.add_document(doc_id, content_hash, chunks, vectors[offset : offset + len(chunks)])
         offset += len(chunks)
     bar.update(len(texts))
     pending.clear()
+
+
+def reembedded_index(source: RagPipeline, index_dir: str | Path, settings: RagSettings, progress: bool = False) -> None:
+    """`source`'s chunks, as they are, in a new index at `index_dir` embedded by `settings.encoder` (a tuned
+    copy of the source's encoder: the same tokenizer, so chunking would give the same chunks)."""
+    from tqdm.auto import tqdm
+
+    encoder = load_encoder(settings.encoder)
+    folder = Path(index_dir)
+
+    def build(staging: Path) -> None:
+        index = IndexFolder(staging, settings, encoder.get_embedding_dimension())
+        pending: list[Pending] = []
+        bar = tqdm(desc="Embedding", unit="chunk", disable=not progress)
+        for doc_id, entry in source.index.documents.items():
+            pending.append((doc_id, entry["hash"], [source.index.chunks[i] for i in entry["chunks"]]))
+            if sum(len(c) for _, _, c in pending) >= EMBED_BATCH_CHUNKS:
+                _embed_pending(index, pending, encoder, bar)
+        _embed_pending(index, pending, encoder, bar)
+        bar.close()
+        index.save()
+
+    publish_folder(folder, build)
 
 
 class RagPipeline:
@@ -187,7 +212,10 @@ class RagPipeline:
 
     def ask(self, question: str, top_k: int | None = None) -> dict[str, Any]:
         """The answer with its numbered citations (document ids) and the passages it was given."""
-        hits = self.search(question, top_k)
+        return self.answer(question, self.search(question, top_k))
+
+    def answer(self, question: str, hits: list[Hit]) -> dict[str, Any]:
+        """`ask` over passages found some other way (a benchmark's, with the gold passage taken out)."""
         with self._lock:
             answer = self.generator.answer(question, hits)
         return {"question": question, **answer, "passages": [hit.as_json() for hit in hits]}

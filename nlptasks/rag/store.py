@@ -212,7 +212,12 @@ class IndexFolder:
         )
         write_atomic(self.folder / "chunks.jsonl", "".join(lines))
         write_atomic(self.folder / "meta.json", json.dumps({"dim": self.dim}))
-        write_atomic(self.folder / SETTINGS_FILE, dump_recipe(RagRecipe(description=BUILT_WITH, rag=self.settings)))
+        save_settings(self.folder, self.settings)
+
+
+def save_settings(folder: Path, settings: RagSettings) -> None:
+    """The index's `rag.yaml`; only query-time settings, or the models a tuned copy answers with, may change."""
+    write_atomic(folder / SETTINGS_FILE, dump_recipe(RagRecipe(description=BUILT_WITH, rag=settings)))
 
 
 def saved_settings(folder: Path) -> RagSettings:

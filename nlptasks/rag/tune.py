@@ -1,0 +1,337 @@
+"""`rag tune`: fit an index's retriever and generator to its own corpus, from questions with known answers.
+
+Each question's gold passage is found in the index by the `doc_id` it was asked about, or by the
+`context` text it was asked about (the indexed chunks sharing the most word 5-grams with it, those
+holding an answer first). Then, in `--out`:
+
+    data/                  what both runs train on, written here so a run can be repeated alone
+    retriever/             supervised SimCSE (recipe rag/_retriever) from the index's encoder on
+                           (question, gold chunk, hard negative): the BM25 hit ranked highest that is
+                           neither the gold passage nor holds an answer, so the encoder learns what
+                           word overlap alone gets wrong
+    index/                 the index's chunks embedded again by the tuned encoder (chunks are kept as
+                           they are: the tuned encoder has the same tokenizer)
+    generator/             a rag-answer run (recipe rag/_generator) of the index's decoder on prompts
+                           of the tuned retriever's passages, taught to answer `text [n]`; for a share
+                           of the questions (`unanswerable`) every passage holding the answer is left
+                           out and the target is NOT_FOUND, so it learns to abstain
+    tune.json              the held-out questions' retrieval before and after, the generator's scores
+
+`index/rag.yaml` names both runs, so `rag ask|eval|serve --index OUT/index` uses them. Held-out
+questions (`holdout`) train neither model.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nlptasks.errors import DataError, RecipeError, UserInputError
+from nlptasks.grounded import NOT_FOUND, holds_answer, passage_prompt
+from nlptasks.rag.documents import embedding_text
+from nlptasks.rag.pipeline import RagPipeline, reembedded_index
+from nlptasks.rag.retrieve import Hit
+from nlptasks.rag.store import save_settings
+from nlptasks.recipe import Recipe, load_recipe, parse_overrides
+
+SHINGLE_WORDS = 5
+RECALL_AT = (1, 5, 10)
+NEGATIVE_CANDIDATES = 10
+
+
+@dataclass(frozen=True)
+class Question:
+    text: str
+    answers: list[str]
+    doc_id: str | None
+    context: str | None
+    where: str
+    """`file:line`, for messages."""
+
+
+@dataclass(frozen=True)
+class Grounded:
+    """A question with the index chunks of its gold passage, those holding an answer first."""
+
+    question: Question
+    gold: list[int]
+
+
+def read_questions(path: Path) -> list[Question]:
+    """JSON Lines: `question`, `answers` (a list, or SQuAD's `{"text": [...]}`), and `doc_id` or `context`."""
+    if not path.is_file():
+        raise DataError(f"--questions: file not found: {path}")
+    questions = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                questions.append(_question(line, f"{path}:{number}"))
+    if not questions:
+        raise DataError(f"--questions {path}: no questions in the file")
+    return questions
+
+
+def _question(line: str, where: str) -> Question:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: not a JSON object ({err.msg})") from None
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: not a JSON object")
+    text = row.get("question")
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: field 'question' must be non-empty text, got {text!r}")
+    answers = row.get("answers")
+    answers = answers.get("text") if isinstance(answers, dict) else answers
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+        raise DataError(f"{where}: field 'answers' must be a non-empty list of texts (or {{'text': [...]}})")
+    doc_id, context = row.get("doc_id"), row.get("context")
+    if not isinstance(doc_id, str) and not (isinstance(context, str) and context.strip()):
+        raise DataError(f"{where}: give 'doc_id' (a document of the index) or 'context' (the passage's text)")
+    return Question(text, answers, doc_id if isinstance(doc_id, str) else None, context, where)
+
+
+class GoldFinder:
+    """Finds a question's gold chunks by document id or by the word 5-grams its context shares with them."""
+
+    def __init__(self, pipeline: RagPipeline) -> None:
+        self.index = pipeline.index
+        self._shingles: dict[int, list[int]] | None = None
+
+    def __call__(self, question: Question) -> list[int]:
+        if question.doc_id is not None:
+            chunks = self.index.documents.get(question.doc_id, {}).get("chunks", [])
+        else:
+            chunks = self._overlapping(question.context or "")
+        texts = {i: self.index.chunks[i].text for i in chunks}
+        return sorted(chunks, key=lambda i: not holds_answer(texts[i], question.answers))
+
+    def _overlapping(self, context: str) -> list[int]:
+        shared = Counter(chunk for key in _shingles(context) for chunk in self._shingle_index().get(key, ()))
+        return [chunk for chunk, _ in shared.most_common()]
+
+    def _shingle_index(self) -> dict[int, list[int]]:
+        if self._shingles is None:
+            self._shingles = {}
+            for chunk_id, chunk in self.index.chunks.items():
+                for key in set(_shingles(chunk.text)):
+                    self._shingles.setdefault(key, []).append(chunk_id)
+        return self._shingles
+
+
+def _shingles(text: str) -> list[int]:
+    words = text.lower().split()
+    return [hash(tuple(words[i : i + SHINGLE_WORDS])) for i in range(max(len(words) - SHINGLE_WORDS + 1, 1))]
+
+
+def tune(
+    index_dir: str | Path,
+    questions_file: str | Path,
+    out_dir: str | Path,
+    overrides: list[str] | dict[str, Any] | None = None,
+    holdout: float = 0.1,
+    unanswerable: float = 0.2,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Tune the retriever, then the generator on the tuned retriever's passages (see the module docstring).
+
+    `overrides`: `retriever.KEY=V` and `generator.KEY=V` change the two training recipes; any other key
+    is a query-time setting of the tuned index (`top_k`, `max_context_tokens`), whose budget the generator
+    is trained to.
+    """
+    from nlptasks.training import run
+
+    for name, share in (("holdout", holdout), ("unanswerable", unanswerable)):
+        if not 0 <= share < 1:
+            raise UserInputError(f"--{name}: a share from 0 to below 1, got {share}")
+    out = Path(out_dir)
+    recipes, index_overrides = _split_overrides(overrides)
+    source = RagPipeline(index_dir, index_overrides)
+    grounded, missing = _grounded(source, read_questions(Path(questions_file)))
+    train, held_out = _split(grounded, holdout, seed)
+    report: dict[str, Any] = {"questions": len(grounded) + len(missing), "gold_not_found": missing[:20]}
+    report["questions_without_gold"] = len(missing)
+    report["train_questions"], report["held_out_questions"] = len(train), len(held_out)
+    report["retrieval_before"] = _recall(source, held_out)
+
+    retriever = _retriever_recipe(source, train, held_out, out, recipes["retriever"])
+    report["retriever_run"] = str(run(retriever).run_dir)
+    settings = source.settings.model_copy(update={"encoder": str(retriever.run_dir.resolve())})
+    reembedded_index(source, out / "index", settings, progress=True)
+    tuned = RagPipeline(out / "index", index_overrides)
+    report["retrieval_after"] = _recall(tuned, held_out)
+
+    generator = _generator_recipe(tuned, train, held_out, out, recipes["generator"], unanswerable, seed)
+    result = run(generator)
+    report["generator_run"] = str(result.run_dir)
+    report["generator_held_out"] = result.metrics.get("validation", {})
+    final = tuned.settings.model_copy(update={"generator": str(generator.run_dir.resolve())})
+    save_settings(out / "index", final)
+    (out / "tune.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _split_overrides(overrides: list[str] | dict[str, Any] | None) -> tuple[dict[str, dict[str, Any]], dict]:
+    recipes: dict[str, dict[str, Any]] = {"retriever": {}, "generator": {}}
+    rest = {}
+    for key, value in parse_overrides(overrides).items():
+        part, _, inner = key.partition(".")
+        if part in recipes and inner:
+            recipes[part][inner] = value
+        else:
+            rest[key] = value
+    return recipes, rest
+
+
+def _grounded(pipeline: RagPipeline, questions: list[Question]) -> tuple[list[Grounded], list[str]]:
+    find = GoldFinder(pipeline)
+    found, missing = [], []
+    for question in questions:
+        gold = find(question)
+        if gold:
+            found.append(Grounded(question, gold))
+        else:
+            missing.append(f"{question.where}: its {'doc_id' if question.doc_id else 'context'} is not in the index")
+    if not found:
+        raise DataError(f"--questions: no question's gold passage is in the index ({missing[0]})")
+    return found, missing
+
+
+def _split(grounded: list[Grounded], holdout: float, seed: int) -> tuple[list[Grounded], list[Grounded]]:
+    """Held-out questions, drawn at random; at least one is kept for training."""
+    order = grounded[:]
+    random.Random(seed).shuffle(order)
+    count = min(round(len(order) * holdout), len(order) - 1)
+    return order[count:], order[:count]
+
+
+def _recall(pipeline: RagPipeline, questions: list[Grounded]) -> dict[str, float]:
+    """The share of questions with a gold chunk among the first k hits, in the index's retrieval mode."""
+    if not questions:
+        return {}
+    found = pipeline.search_many([g.question.text for g in questions], top_k=max(RECALL_AT))
+    return {
+        f"recall@{k}": sum(bool(set(g.gold) & {hit.chunk_id for hit in hits[:k]}) for g, hits in zip(questions, found))
+        / len(questions)
+        for k in RECALL_AT
+    }
+
+
+def _retriever_recipe(
+    pipeline: RagPipeline, train: list[Grounded], held_out: list[Grounded], out: Path, overrides: dict[str, Any]
+) -> Recipe:
+    """Training rows (question, gold chunk, hard negative); validation pairs scored 1 (gold) and 0 (negative)."""
+    negatives = _hard_negatives(pipeline, train + held_out)
+    chunks = pipeline.index.chunks
+
+    def rows(questions: list[Grounded], scored: bool) -> list[dict[str, Any]]:
+        lines = []
+        for g in questions:
+            gold, negative = embedding_text(chunks[g.gold[0]]), embedding_text(chunks[negatives[g.question.where]])
+            if scored:
+                lines += [{"text": g.question.text, "text_pair": gold, "score": 1.0}]
+                lines += [{"text": g.question.text, "text_pair": negative, "score": 0.0}]
+            else:
+                lines.append({"text": g.question.text, "text_pair": gold, "text_negative": negative})
+        return lines
+
+    files = _write_splits(out / "data", "retriever", rows(train, False), rows(held_out, True))
+    return _recipe("rag/_retriever", pipeline.settings.encoder, out / "retriever", files, overrides)
+
+
+def _hard_negatives(pipeline: RagPipeline, questions: list[Grounded]) -> dict[str, int]:
+    """For each question, its best BM25 hit that is not gold and holds no answer (else any such chunk)."""
+    found = pipeline.search_many([g.question.text for g in questions], NEGATIVE_CANDIDATES, mode="sparse")
+    picks = random.Random(0)
+    all_chunks = list(pipeline.index.chunks)
+    negatives = {}
+    for g, hits in zip(questions, found):
+        wrong = [hit.chunk_id for hit in hits if _is_negative(hit, g)]
+        while not wrong:
+            chunk_id = picks.choice(all_chunks)
+            if chunk_id not in g.gold:
+                wrong = [chunk_id]
+        negatives[g.question.where] = wrong[0]
+    return negatives
+
+
+def _is_negative(hit: Hit, grounded: Grounded) -> bool:
+    return hit.chunk_id not in grounded.gold and not holds_answer(hit.chunk.text, grounded.question.answers)
+
+
+def _generator_recipe(
+    pipeline: RagPipeline,
+    train: list[Grounded],
+    held_out: list[Grounded],
+    out: Path,
+    overrides: dict[str, Any],
+    unanswerable: float,
+    seed: int,
+) -> Recipe:
+    from transformers import AutoConfig, AutoTokenizer
+
+    from nlptasks.catalog import resolve_model
+    from nlptasks.chat import prompt_frame
+    from nlptasks.grounded import RULES
+    from nlptasks.rag.generate import prompt_budget
+
+    settings = pipeline.settings
+    if (Path(settings.generator).expanduser() / "recipe.yaml").is_file():
+        raise RecipeError(
+            f"rag.generator: {settings.generator} is a run directory; `rag tune` fine-tunes a chat decoder "
+            "(an alias or Hub id such as smollm2-135m-instruct)"
+        )
+    location = resolve_model(settings.generator).location
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    frame = prompt_frame(tokenizer, RULES)
+    budget = prompt_budget(settings, AutoConfig.from_pretrained(location))
+    draw = random.Random(seed)
+
+    def rows(questions: list[Grounded]) -> list[dict[str, Any]]:
+        if not questions:
+            return []
+        withheld = [draw.random() < unanswerable for _ in questions]
+        found = pipeline.search_many([g.question.text for g in questions], settings.top_k + settings.candidates)
+        lines = []
+        for g, hits, withhold in zip(questions, found, withheld):
+            kept = [hit for hit in hits if not withhold or _is_negative(hit, g)][: settings.top_k]
+            texts = [hit.chunk.text for hit in kept]
+            _, used = passage_prompt(tokenizer, frame, g.question.text, texts, budget)
+            lines.append(_answer_row(g.question, texts[:used]))
+        return lines
+
+    files = _write_splits(out / "data", "generator", rows(train), rows(held_out))
+    overrides = {"data.max_length": budget, **overrides}
+    return _recipe("rag/_generator", settings.generator, out / "generator", files, overrides)
+
+
+def _answer_row(question: Question, passages: list[str]) -> dict[str, Any]:
+    """The target: the first gold answer found in a passage, citing the first passage holding one."""
+    for number, passage in enumerate(passages, 1):
+        for answer in question.answers:
+            if holds_answer(passage, [answer]):
+                target = f"{answer} [{number}]"
+                return {"question": question.text, "passages": passages, "answer": target, "answers": question.answers}
+    return {"question": question.text, "passages": passages, "answer": NOT_FOUND, "answers": question.answers}
+
+
+def _write_splits(folder: Path, name: str, train: list[dict], validation: list[dict]) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"train": folder / f"{name}-train.jsonl", "validation": folder / f"{name}-validation.jsonl"}
+    for split, lines in (("train", train), ("validation", validation)):
+        files[split].write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in lines), encoding="utf-8")
+    if not validation:
+        del files["validation"]
+    return files
+
+
+def _recipe(template: str, model: str, run_dir: Path, files: dict[str, Path], overrides: dict[str, Any]) -> Recipe:
+    paths = {f"data.{split}_file": str(path) for split, path in files.items()}
+    if "validation" not in files:
+        paths["eval.splits"] = []
+    fixed = {"model": model, "output_dir": str(run_dir), **paths}
+    return load_recipe(template, {**fixed, **overrides})
