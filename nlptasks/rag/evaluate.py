@@ -12,7 +12,6 @@ import csv
 import json
 import math
 import random
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,9 +21,9 @@ import numpy as np
 
 from nlptasks.catalog import local_dataset_folder
 from nlptasks.errors import DataError, UserInputError
+from nlptasks.grounded import answer_text, holds_answer
 from nlptasks.metrics.squad import normalize_answer, token_f1
 from nlptasks.rag.documents import Document
-from nlptasks.rag.generate import CITATION
 from nlptasks.rag.pipeline import RagPipeline, build_index
 from nlptasks.rag.retrieve import Hit
 from nlptasks.rag.settings import RagSettings
@@ -157,15 +156,25 @@ def _score_cranfield(pipeline: RagPipeline, queries: list[dict[str, Any]]) -> di
 def _score_squad(pipeline: RagPipeline, queries: list[dict[str, Any]], answer_questions: int) -> dict[str, Any]:
     texts = [q["text"] for q in queries]
     by_mode = {}
-    for mode, found in pipeline.search_modes(texts, top_k=40).items():
+    modes = pipeline.search_modes(texts, top_k=40)
+    for mode, found in modes.items():
         rankings = [ranked_documents(hits) for hits in found]
         by_mode[mode] = {
             f"recall@{k}": float(np.mean([recall_at(r, {q["gold"]}, k) for r, q in zip(rankings, queries)]))
             for k in (1, 5, 10, 20)
         }
     metrics: dict[str, Any] = {**by_mode[pipeline.settings.retrieval], "questions": len(queries), "modes": by_mode}
+    pool = _held_out(queries)
+    if len(pool) < len(queries):
+        held_out = {q["id"] for q in pool}
+        metrics["held_out"] = {
+            mode: {
+                f"recall@{k}": float(np.mean([recall_at(r, {q["gold"]}, k) for r, q in pairs])) for k in (1, 5, 10, 20)
+            }
+            for mode, found in modes.items()
+            if (pairs := [(ranked_documents(h), q) for h, q in zip(found, queries) if q["id"] in held_out])
+        } | {"questions": len(pool)}
     if answer_questions:
-        pool = _held_out(queries)
         sample = random.Random(0).sample(pool, min(answer_questions, len(pool)))
         metrics.update(_score_answers(pipeline, sample), answers_from_held_out_articles=len(pool) < len(queries))
     return metrics
@@ -182,21 +191,33 @@ def _held_out(queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _score_answers(pipeline: RagPipeline, sample: list[dict[str, Any]]) -> dict[str, Any]:
-    """EM and F1 of the whole pipeline's answers, citation markers removed, against every gold answer."""
-    exact, overlap, found = [], [], 0
+    """EM and F1 of the whole pipeline's answers, citation markers removed, against every gold answer;
+    how often a cited passage holds a gold answer; how often it abstains once the gold passage (and
+    every passage holding an answer) is taken from the candidates."""
+    exact, overlap, found, right, abstained = [], [], 0, [], []
     start = time.perf_counter()
     for query in sample:
         answer = pipeline.ask(query["text"])
         found += answer["found"]
-        text = re.sub(r"\s+", " ", CITATION.sub(" ", answer["answer"])) if answer["found"] else ""
+        text = answer_text(answer["answer"]) if answer["found"] else ""
         exact.append(max(float(normalize_answer(text) == normalize_answer(g)) for g in query["answers"]))
         overlap.append(max(token_f1(text, g) for g in query["answers"]))
+        if answer["found"]:
+            right.append(any(holds_answer(c["text"], query["answers"]) for c in answer["citations"]))
+    seconds = (time.perf_counter() - start) / len(sample)
+    for query in sample:
+        hits = pipeline.search(query["text"], pipeline.settings.top_k + pipeline.settings.candidates)
+        kept = [hit for hit in hits if hit.chunk.doc_id != query["gold"]]
+        kept = [hit for hit in kept if not holds_answer(hit.chunk.text, query["answers"])]
+        abstained.append(not pipeline.answer(query["text"], kept[: pipeline.settings.top_k])["found"])
     return {
         "answered_questions": len(sample),
         "exact_match": float(np.mean(exact)),
         "f1": float(np.mean(overlap)),
         "answer_found_rate": found / len(sample),
-        "seconds_per_answer": (time.perf_counter() - start) / len(sample),
+        "citation_accuracy": float(np.mean(right)) if right else 0.0,
+        "abstention_without_gold": float(np.mean(abstained)),
+        "seconds_per_answer": seconds,
     }
 
 
