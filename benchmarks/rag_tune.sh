@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # RAG tuned on its own corpus, SQuAD v1.1 dev (all 2,067 paragraphs indexed), JSON per step in $OUT:
 #   untuned.json  the default recipe's retrieval, Recall@k on all questions and on the held-out articles
-#   tune.json     `rag tune` on the questions of squad_v1_dev_split's training articles: retrieval of its own
+#   tuned/tune.json  `rag tune` on the questions of squad_v1_dev_split's training articles: retrieval of its own
 #                 held-out questions before and after, the tuned generator's held-out scores
 #   tuned.json    the tuned index end to end on 200 questions of the held-out articles (the same sample as
 #                 rag.sh's): Recall@k, EM / F1, citation accuracy, abstention with the gold passage withheld
@@ -23,6 +23,6 @@ nlptasks rag tune --index "$OUT/squad" --questions "$NLPTASKS_DATA_DIR/qa/squad_
   --out "$OUT/tuned" --unanswerable "$UNANSWERABLE" --set "max_context_tokens=$PROMPT_TOKENS" \
   --set "retriever.data.max_train_samples=$RETRIEVER_QUESTIONS" \
   --set "generator.data.max_train_samples=$GENERATOR_QUESTIONS" --set generator.data.max_eval_samples=50 \
-  > "$OUT/tune.json"
+  > "$OUT/tune.log"
 nlptasks rag eval --index "$OUT/tuned/index" --benchmark squad --answers 200 > "$OUT/tuned.json"
-tail -n +1 "$OUT"/*.json
+tail -n +1 "$OUT"/*.json "$OUT/tuned/tune.json"
