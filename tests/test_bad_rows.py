@@ -36,6 +36,7 @@ GOOD_ROWS: dict[str, dict[str, Any]] = {
     "summarization": {"document": "#P1#: Hi.\n#P2#: Hello there.", "summary": "They greet.", "references": None},
     "translation": {"translation": {"en": "A dog runs.", "de": "Ein Hund rennt."}},
     "sentence-embedding": {"sentence1": "A man plays.", "sentence2": "A man is playing.", "score": 4.2},
+    "rag-answer": {"question": "Who met Bob?", "passages": ["Ann met Bob.", "Paris."], "answer": "Ann [1]"},
 }
 EXTRA_FIELDS = ["text_pair", "id", "title", "references", "text_negative", "label", "en", "de"]
 
