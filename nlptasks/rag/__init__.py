@@ -6,6 +6,7 @@
     pipeline.search("what is ...?")                      # hits: doc_id, chunk, score
     pipeline.ask("what is ...?")                         # answer, citations, passages
     rag.evaluate("index-cranfield/", "cranfield")        # nDCG@10, Recall@100, MRR per mode
+    rag.tune("index/", "qa.jsonl", "tuned/")             # retriever and generator fitted to the corpus: tuned/index
 
 Needs the `rag` extra (`pip install nlptasks[rag]`).
 """
@@ -15,6 +16,7 @@ from nlptasks.rag.evaluate import evaluate
 from nlptasks.rag.pipeline import IndexReport, RagPipeline, build_index
 from nlptasks.rag.retrieve import Hit
 from nlptasks.rag.settings import RagSettings, load_settings
+from nlptasks.rag.tune import tune
 
 __all__ = [
     "Chunk",
@@ -27,4 +29,5 @@ __all__ = [
     "evaluate",
     "load_settings",
     "read_documents",
+    "tune",
 ]
