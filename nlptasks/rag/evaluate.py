@@ -158,26 +158,28 @@ def _score_squad(pipeline: RagPipeline, queries: list[dict[str, Any]], answer_qu
     by_mode = {}
     modes = pipeline.search_modes(texts, top_k=40)
     for mode, found in modes.items():
-        rankings = [ranked_documents(hits) for hits in found]
-        by_mode[mode] = {
-            f"recall@{k}": float(np.mean([recall_at(r, {q["gold"]}, k) for r, q in zip(rankings, queries)]))
-            for k in (1, 5, 10, 20)
-        }
+        by_mode[mode] = _gold_recall(found, queries)
     metrics: dict[str, Any] = {**by_mode[pipeline.settings.retrieval], "questions": len(queries), "modes": by_mode}
     pool = _held_out(queries)
     if len(pool) < len(queries):
-        held_out = {q["id"] for q in pool}
+        pooled = {q["id"] for q in pool}
+        held_out = [q["id"] in pooled for q in queries]  # `pool` keeps the order of `queries`
         metrics["held_out"] = {
-            mode: {
-                f"recall@{k}": float(np.mean([recall_at(r, {q["gold"]}, k) for r, q in pairs])) for k in (1, 5, 10, 20)
-            }
-            for mode, found in modes.items()
-            if (pairs := [(ranked_documents(h), q) for h, q in zip(found, queries) if q["id"] in held_out])
+            mode: _gold_recall([h for h, keep in zip(found, held_out) if keep], pool) for mode, found in modes.items()
         } | {"questions": len(pool)}
     if answer_questions:
         sample = random.Random(0).sample(pool, min(answer_questions, len(pool)))
         metrics.update(_score_answers(pipeline, sample), answers_from_held_out_articles=len(pool) < len(queries))
     return metrics
+
+
+def _gold_recall(found: list[list[Hit]], queries: list[dict[str, Any]]) -> dict[str, float]:
+    """Recall@k of each query's gold paragraph among its hits' documents."""
+    rankings = [ranked_documents(hits) for hits in found]
+    return {
+        f"recall@{k}": float(np.mean([recall_at(r, {q["gold"]}, k) for r, q in zip(rankings, queries)]))
+        for k in (1, 5, 10, 20)
+    }
 
 
 def _held_out(queries: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -247,15 +247,13 @@ def _hard_negatives(pipeline: RagPipeline, questions: list[Grounded]) -> dict[st
     """For each question, its best BM25 hit that is not gold and holds no answer (else any such chunk)."""
     found = pipeline.search_many([g.question.text for g in questions], NEGATIVE_CANDIDATES, mode="sparse")
     picks = random.Random(0)
-    all_chunks = list(pipeline.index.chunks)
     negatives = {}
     for g, hits in zip(questions, found):
         wrong = [hit.chunk_id for hit in hits if _is_negative(hit, g)]
-        while not wrong:
-            chunk_id = picks.choice(all_chunks)
-            if chunk_id not in g.gold:
-                wrong = [chunk_id]
-        negatives[g.question.where] = wrong[0]
+        others = wrong or [chunk for chunk in pipeline.index.chunks if chunk not in g.gold]
+        if not others:
+            raise DataError(f"{g.question.where}: every chunk of the index is its gold passage; there is no negative")
+        negatives[g.question.where] = wrong[0] if wrong else picks.choice(others)
     return negatives
 
 
