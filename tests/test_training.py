@@ -68,6 +68,31 @@ def test_clipping_off_still_logs_the_gradient_norm(tiny_bert: Path, ner_recipe, 
         nlptasks.load_recipe(ner_recipe(tiny_bert, tmp_path / "bad", max_grad_norm=-1))
 
 
+def test_gradient_accumulation_takes_the_step_one_larger_batch_would(
+    tiny_bert: Path, ner_recipe, tmp_path: Path
+) -> None:
+    """BERT's token head takes `**kwargs` but averages each batch alone: its loss must still be divided
+    by the accumulation steps, or the gradient comes out that many times too large."""
+    norms = []
+    for batch_size, steps in ((8, 1), (4, 2)):
+        recipe = ner_recipe(
+            tiny_bert,
+            tmp_path / f"{batch_size}x{steps}",
+            batch_size=batch_size,
+            gradient_accumulation_steps=steps,
+            max_steps=1,
+            max_grad_norm=0,
+            logging_steps=1,
+            group_by_length=False,
+        )
+        recipe["data"]["max_train_samples"] = 8
+        run = nlptasks.run(recipe | {"eval": {"splits": []}})
+        rows = [row.split(",") for row in (run.run_dir / "logs" / "metrics.csv").read_text().splitlines()]
+        norms += [float(row[3]) for row in rows if row[2] == "grad_norm"]
+    whole, accumulated = norms
+    assert 0.8 < accumulated / whole < 1.25, norms
+
+
 OPTIMIZER_STATE = {
     "adamw": ({"fused": True}, 5e-5),
     "sgd": ({"momentum": 0}, 0.5),

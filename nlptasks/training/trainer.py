@@ -36,6 +36,19 @@ EXTRA_OUTPUTS = (
 encoder-decoder's cache and encoder states are megabytes per row (T5's QA head: ~4 MB a window)."""
 
 
+def loss_counts_items(trainer: Trainer, model: torch.nn.Module, inputs: dict[str, Any]) -> bool:
+    """Whether the loss `trainer.compute_loss` gives for `inputs` is divided by `num_items_in_batch`:
+    the same batch scored with two counts, dropout off."""
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            one, two = (trainer.compute_loss(model, inputs, num_items_in_batch=torch.tensor(n)) for n in (1, 2))
+    finally:
+        model.train(training)
+    return not torch.allclose(one.float(), two.float())
+
+
 class TaskTrainer(Trainer):
     """The Trainer plus what the core adds: length-grouped training batches and, for tasks that
     generate text, generation at evaluation and prediction.
@@ -57,6 +70,12 @@ class TaskTrainer(Trainer):
     Evaluation gathers only the outputs the task reads (`read_outputs`), and `predict` (scoring a
     split after training) skips a generating task's teacher-forced loss pass, which nothing reads and
     which holds full-vocabulary logits for the batch.
+
+    With gradient accumulation, the loss of each batch is scaled to the whole step by asking the model
+    once whether it divides by the Trainer's `num_items_in_batch` (`loss_counts_items`): the stock
+    Trainer assumes so of any model whose `forward` takes `**kwargs`, though BERT's heads, the
+    project's own models and its loss functions average each batch alone, and their gradients came
+    out `gradient_accumulation_steps` times too large.
 
     A non-finite loss stops training at once, naming the step and writing its batch to `batch_dump`'s
     folder: the stock Trainer filters NaN out of the logged loss and trains on, and every later step
@@ -87,10 +106,15 @@ class TaskTrainer(Trainer):
         self.read_outputs = read_outputs
         self.outputs_only = False
         self.generator: Any = None
+        self.counts_items: bool | None = None
 
     def training_step(
         self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
+        if self.args.gradient_accumulation_steps > 1 and num_items_in_batch is not None:
+            if self.counts_items is None:
+                self.counts_items = loss_counts_items(self, model, self._prepare_inputs(inputs))
+            self.loss_is_scaled_for_ga = self.counts_items
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not torch.isfinite(loss).all():
             raise TrainingDiverged(self._divergence(loss, inputs))
