@@ -381,7 +381,19 @@ def test_decoder_answers_keep_only_citations_of_passages_it_was_given(
     uncited = generator.tokenizer("The tower is 330 metres tall.", add_special_tokens=False)["input_ids"]
     monkeypatch.setattr("nlptasks.models.generation.generate_ids", lambda model, batch: torch.tensor([uncited]))
     answer = generator.answer("How tall?", hits_for("Everest is high.", "The tower is 330 metres tall.", "Tall."))
-    assert [(c["doc_id"], c["attributed"]) for c in answer["citations"]] == [("doc1", True)]  # most shared words
+    assert [(c["doc_id"], c["attributed"]) for c in answer["citations"]] == [("doc1", True)]  # holds the answer
+    vague = generator.tokenizer("The tower is tall.", add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr("nlptasks.models.generation.generate_ids", lambda model, batch: torch.tensor([vague]))
+    answer = generator.answer("How tall?", hits_for("Everest is high.", "Tall.", "The tower is 330 metres tall."))
+    assert [(c["doc_id"], c["attributed"]) for c in answer["citations"]] == [("doc2", True)]  # most shared words
+    wrong = generator.tokenizer("330 metres [1]", add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr("nlptasks.models.generation.generate_ids", lambda model, batch: torch.tensor([wrong]))
+    answer = generator.answer("How tall?", hits_for("Everest is high.", "Tall.", "The tower is 330 metres tall."))
+    assert [(c["doc_id"], c["attributed"]) for c in answer["citations"]] == [("doc2", True)]  # [1] lacks the answer
+    right = generator.tokenizer("330 metres [2]", add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr("nlptasks.models.generation.generate_ids", lambda model, batch: torch.tensor([right]))
+    answer = generator.answer("How tall?", hits_for("A 330 metres wall.", "The tower is 330 metres tall."))
+    assert [(c["doc_id"], "attributed" in c) for c in answer["citations"]] == [("doc1", False)]  # its own, kept
     nothing = generator.tokenizer(NOT_FOUND, add_special_tokens=False)["input_ids"]
     monkeypatch.setattr("nlptasks.models.generation.generate_ids", lambda model, batch: torch.tensor([nothing]))
     assert generator.answer("How tall?", hits_for("Everest is high."))["found"] is False

@@ -194,9 +194,10 @@ def _held_out(queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _score_answers(pipeline: RagPipeline, sample: list[dict[str, Any]]) -> dict[str, Any]:
     """EM and F1 of the whole pipeline's answers, citation markers removed, against every gold answer;
-    how often a cited passage holds a gold answer; how often it abstains once the gold passage (and
+    how often a cited passage holds a gold answer, and how often the pipeline rather than the generator
+    chose that passage (`citations_attributed`); how often it abstains once the gold passage (and
     every passage holding an answer) is taken from the candidates."""
-    exact, overlap, found, right, abstained = [], [], 0, [], []
+    exact, overlap, found, right, attributed, abstained = [], [], 0, [], [], []
     start = time.perf_counter()
     for query in sample:
         answer = pipeline.ask(query["text"])
@@ -206,6 +207,7 @@ def _score_answers(pipeline: RagPipeline, sample: list[dict[str, Any]]) -> dict[
         overlap.append(max(token_f1(text, g) for g in query["answers"]))
         if answer["found"]:
             right.append(any(holds_answer(c["text"], query["answers"]) for c in answer["citations"]))
+            attributed.append(any(c.get("attributed", False) for c in answer["citations"]))
     seconds = (time.perf_counter() - start) / len(sample)
     for query in sample:
         hits = pipeline.search(query["text"], pipeline.settings.top_k + pipeline.settings.candidates)
@@ -218,6 +220,7 @@ def _score_answers(pipeline: RagPipeline, sample: list[dict[str, Any]]) -> dict[
         "f1": float(np.mean(overlap)),
         "answer_found_rate": found / len(sample),
         "citation_accuracy": float(np.mean(right)) if right else 0.0,
+        "citations_attributed": float(np.mean(attributed)) if attributed else 0.0,
         "abstention_without_gold": float(np.mean(abstained)),
         "seconds_per_answer": seconds,
     }
