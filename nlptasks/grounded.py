@@ -81,12 +81,6 @@ def holds_answer(passage: str, answers: list[str]) -> bool:
     return any(f" {gold} " in text for gold in map(normalize_answer, answers) if gold)
 
 
-def supporting(answer: str, passages: list[str]) -> list[int]:
-    """The passages (numbered from 1) that hold an answer's text, citations removed, as whole words."""
-    text = answer_text(answer)
-    return [n for n, passage in enumerate(passages, 1) if normalize_answer(text) and holds_answer(passage, [text])]
-
-
 def grounded_scores(outputs: list[str], golds: list[list[str]], passages: list[list[str]]) -> dict[str, float]:
     """How well answers use their passages; the gold answers of a question whose passages hold none of
     them are not asked for: the right output there is NOT_FOUND.

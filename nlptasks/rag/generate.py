@@ -10,7 +10,7 @@ import torch
 
 from nlptasks.chat import prompt_frame
 from nlptasks.errors import UserInputError
-from nlptasks.grounded import CITATION, NOT_FOUND, RULES, cited, passage_prompt, says_not_found, supporting
+from nlptasks.grounded import CITATION, NOT_FOUND, RULES, cited, passage_prompt, says_not_found
 from nlptasks.metrics.squad import normalize_answer
 from nlptasks.rag.retrieve import Hit
 from nlptasks.rag.settings import RagSettings
@@ -95,24 +95,15 @@ class DecoderGenerator:
         text = self.tokenizer.decode(generate_ids(self.generator, batch)[0], skip_special_tokens=True).strip()
         if says_not_found(text):
             return not_found()
-        return {"answer": text, "found": True, "citations": verified_citations(text, used)}
+        numbers = cited(text, len(used))
+        if numbers:
+            return {"answer": text, "found": True, "citations": [citation(n, used[n - 1]) for n in numbers]}
+        return {"answer": text, "found": True, "citations": attributed(text, used)}
 
 
-def verified_citations(answer: str, hits: list[Hit]) -> list[dict[str, Any]]:
-    """The passages an answer cites, checked against its words: a small decoder often cites the wrong
-    number or none. Where the answer's text stands in a passage it did not cite, the first such passage
-    is cited instead, marked `attributed`. An answer found in no passage keeps its citations; one
-    that cites nothing gets the passage sharing the most content words (`attributed`), or none."""
-    numbers = cited(answer, len(hits))
-    holding = supporting(answer, [hit.chunk.text for hit in hits])
-    if holding and not set(numbers) & set(holding):
-        return [{**citation(holding[0], hits[holding[0] - 1]), "attributed": True}]
-    if numbers:
-        return [citation(n, hits[n - 1]) for n in numbers]
-    return _most_overlapping(answer, hits)
-
-
-def _most_overlapping(answer: str, hits: list[Hit]) -> list[dict[str, Any]]:
+def attributed(answer: str, hits: list[Hit]) -> list[dict[str, Any]]:
+    """Citations for an answer that gave none (small models often ignore the instruction): the passage
+    sharing the most words with it, marked `attributed`, or none when no passage shares a content word."""
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
     words = set(normalize_answer(CITATION.sub(" ", answer)).split()) - ENGLISH_STOP_WORDS
