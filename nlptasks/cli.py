@@ -205,6 +205,11 @@ def _add_serve(parser: argparse.ArgumentParser) -> None:
     for name, field in ServeSettings.model_fields.items():
         flag, text = f"--{name.replace('_', '-')}", f"{field.description} (default: %(default)s)"
         parser.add_argument(flag, type=field.annotation, default=field.default, help=text)
+    _add_set(
+        parser,
+        "generation.* for every generating model and index (generation.engine=ctranslate2); other keys "
+        "are a RAG index's query-time settings, e.g. --set top_k=3 (repeatable)",
+    )
 
 
 def _add_set(
@@ -374,7 +379,8 @@ def cmd_rag(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from nlptasks.serve import ServeSettings, serve
 
-    serve(args.sources, args.host, args.port, **{name: getattr(args, name) for name in ServeSettings.model_fields})
+    settings = {name: getattr(args, name) for name in ServeSettings.model_fields}
+    serve(args.sources, args.host, args.port, overrides=args.set, **settings)
     return 0
 
 

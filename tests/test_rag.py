@@ -543,6 +543,19 @@ def test_empty_index_searches_and_answers_without_crashing(settings: RagSettings
     assert pipeline.ask("anything")["found"] is False
 
 
+def test_serve_set_reaches_an_index_as_its_query_time_settings(
+    docs: Path, settings: RagSettings, tiny_llama: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("fastapi", reason="the serve extra is not installed (bash scripts/setup.sh installs it)")
+    from nlptasks.serve.sources import open_sources
+
+    build_index([docs], tmp_path / "index", settings.model_copy(update={"generator": str(tiny_llama)}))
+    opened = open_sources({"idx": tmp_path / "index"}, overrides=["top_k=2", "generation.max_new_tokens=3"])
+    assert opened["idx"].settings.top_k == 2 and opened["idx"].settings.generation.max_new_tokens == 3
+    with pytest.raises(RecipeError, match="chunk_tokens"):  # a build setting is the index's own
+        open_sources({"idx": tmp_path / "index"}, overrides=["chunk_tokens=50"])
+
+
 def test_cli_index_search_and_errors(
     docs: Path, tiny_bert: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -121,6 +121,15 @@ def test_answers_are_what_predict_gives_for_texts_pairs_blanks_and_qa_objects(
         assert "/v1/models/{name}/predict" in client.get("/openapi.json").json()["paths"]
 
 
+def test_set_is_refused_where_no_served_source_has_the_setting(runs: dict[str, Path]) -> None:
+    from nlptasks.serve.sources import open_sources
+
+    with pytest.raises(UserInputError, match="serve --set top_k: models take generation.* settings only"):
+        open_sources([runs["classification"]], overrides=["top_k=3"])
+    opened = open_sources([runs["classification"]], overrides=["generation.num_beams=2"])  # nothing it generates
+    assert opened["classification"].predict("great film")[0]["label"] in {"pos", "neg"}
+
+
 def test_concurrent_requests_share_forward_passes(service: tuple[str, Any]) -> None:
     url, app = service
     batcher = app.state.models["classification"].batcher

@@ -73,10 +73,13 @@ class ServedModel:
         }
 
 
-def create_app(sources: Sources, settings: ServeSettings | None = None) -> FastAPI:
-    """The app for `sources` (paths, `NAME=PATH` specs, or a mapping of names to paths or opened sources)."""
+def create_app(
+    sources: Sources, settings: ServeSettings | None = None, overrides: list[str] | dict[str, Any] | None = None
+) -> FastAPI:
+    """The app for `sources` (paths, `NAME=PATH` specs, or a mapping of names to paths or opened sources),
+    opened with `overrides` (`open_sources`)."""
     settings = settings or ServeSettings()
-    opened = open_sources(sources, settings.max_batch_size)
+    opened = open_sources(sources, settings.max_batch_size, overrides)
     indexes = {name: source for name, source in opened.items() if is_index(source)}
     metrics = Metrics()
     models = {name: _served(name, source, settings, metrics) for name, source in opened.items() if name not in indexes}

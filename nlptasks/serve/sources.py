@@ -21,12 +21,29 @@ Sources = str | Path | Iterable[str | Path] | Mapping[str, Any]
 """A path or `NAME=PATH` spec, several, or a mapping of names to paths, `Predictor`s or `RagPipeline`s."""
 
 
-def open_sources(sources: Sources, batch_size: int = 64) -> dict[str, Any]:
-    """Each source opened under its name: a `Predictor` for a run or an export, a `RagPipeline` for an index."""
+def open_sources(
+    sources: Sources, batch_size: int = 64, overrides: list[str] | dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Each source opened under its name: a `Predictor` for a run or an export, a `RagPipeline` for an index.
+
+    `overrides` (`--set`) reach every source that has the setting: `generation.*` every generating model
+    and index, any other key every index (its query-time settings, e.g. `top_k`); a key no source takes
+    is refused.
+    """
+    from nlptasks.recipe import parse_overrides
+
     named = _named(sources)
     if not named:
         raise UserInputError("serve: nothing to serve; give run directories, exported models or RAG indexes")
-    return {name: _open(target, batch_size) for name, target in named.items()}
+    settings = parse_overrides(overrides)
+    opened = {name: _open(target, batch_size, settings) for name, target in named.items()}
+    for_indexes = [key for key in settings if not key.startswith("generation.")]
+    if for_indexes and not any(is_index(source) for source in opened.values()):
+        raise UserInputError(
+            f"serve --set {for_indexes[0]}: models take generation.* settings only; "
+            "other keys are a RAG index's query-time settings, and no index is served"
+        )
+    return opened
 
 
 def _named(sources: Sources) -> dict[str, Any]:
@@ -59,7 +76,7 @@ def default_name(path: str | Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(path).resolve().name).lstrip("._-") or "model"
 
 
-def _open(target: Any, batch_size: int) -> Any:
+def _open(target: Any, batch_size: int, overrides: dict[str, Any]) -> Any:
     if not isinstance(target, str | Path):
         return target  # already open: a Predictor or a RagPipeline from Python
     path = Path(target)
@@ -70,10 +87,16 @@ def _open(target: Any, batch_size: int) -> Any:
     if (path / SETTINGS_FILE).is_file():
         from nlptasks.rag import RagPipeline  # the `rag` extra: only where an index is served
 
-        return RagPipeline(path)
+        return RagPipeline(path, overrides or None)
     from nlptasks.api import load
 
-    return load(path, batch_size=batch_size)
+    predictor = load(path, batch_size=batch_size)
+    decoding = {
+        key.removeprefix("generation."): value for key, value in overrides.items() if key.startswith("generation.")
+    }
+    if decoding and predictor.task.generates:
+        predictor.set_generation(**decoding)
+    return predictor
 
 
 def is_index(source: Any) -> bool:
