@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from datetime import date
@@ -37,14 +38,17 @@ def decode(folder: str, engine: str, examples: int, batch_size: int) -> dict[str
 
 
 def trained_run(recipe: str, workdir: Path, overrides: list[str]) -> Path:
-    import nlptasks
-    from nlptasks.recipe import parse_overrides
-
+    """The run, trained in a child process: a child inherits its parent's peak RSS through exec, so
+    training in this process would set every side's measured peak to the training's."""
     run_dir = workdir / f"engines-{recipe.replace('/', '-')}"
     if not (run_dir / "metrics.json").is_file():
-        settings = {"output_dir": str(run_dir), "eval.splits": [], **parse_overrides(overrides)}
-        nlptasks.run(recipe, settings)
+        settings = [f"output_dir={run_dir}", "eval.splits=[]", *overrides]
+        nlptasks_cli("run", recipe, *(arg for item in settings for arg in ("--set", item)))
     return run_dir
+
+
+def nlptasks_cli(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "nlptasks", *args], check=True)
 
 
 def main() -> None:
@@ -62,12 +66,10 @@ def main() -> None:
         print(json.dumps(decode(*args.child, args.examples, args.batch_size)))
         return
 
-    import nlptasks
-
     run_dir = args.run or trained_run(args.recipe, args.workdir, args.set)
     int8 = run_dir.parent / f"{run_dir.name}-ct2-int8"
     if not (int8 / "export.json").is_file():
-        nlptasks.export(run_dir, int8, format="ctranslate2", quantize="int8")
+        nlptasks_cli("export", str(run_dir), "--format", "ctranslate2", "--quantize", "int8", "--output", str(int8))
     sides = {
         "transformers": (run_dir, "transformers"),
         "ctranslate2 fp32": (run_dir, "ctranslate2"),

@@ -160,7 +160,7 @@ def toolkit(args: argparse.Namespace, compiled: bool = False) -> dict[str, float
             "output_dir": str(args.workdir / "nlptasks"),
             "train.epochs": args.nlptasks_epochs or args.epochs,
             "train.batch_size": args.batch_size,
-            "train.learning_rate": args.learning_rate,
+            "train.learning_rate": args.nlptasks_learning_rate or args.learning_rate,
             "train.seed": args.seed,
             "train.warmup_ratio": 0.0,
             "train.eval_strategy": "no",
@@ -219,6 +219,7 @@ def measure(side: str, args: argparse.Namespace) -> dict[str, float]:
         str(args.workdir),
     ] + ([] if args.bf16 else ["--fp32"])
     command += ["--nlptasks-epochs", str(args.nlptasks_epochs)] if args.nlptasks_epochs else []
+    command += ["--nlptasks-learning-rate", str(args.nlptasks_learning_rate)] if args.nlptasks_learning_rate else []
     command += [] if args.group_by_length else ["--no-group-by-length"]
     metrics, peak = measured_child(command, side)
     return {**metrics, "peak_rss_gb": peak / 2**30}
@@ -230,6 +231,7 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace, peak:
     eval_ratio = ours["eval_samples_per_second"] / plain["eval_samples_per_second"]
     flags = ("" if args.bf16 else " --fp32") + ("" if args.group_by_length else " --no-group-by-length")
     flags += f" --nlptasks-epochs {args.nlptasks_epochs}" if args.nlptasks_epochs else ""
+    flags += f" --nlptasks-learning-rate {args.nlptasks_learning_rate}" if args.nlptasks_learning_rate else ""
     flags += " --compile" if args.compile else ""
     epochs = f"{args.epochs} epochs" + (f" (nlptasks: {args.nlptasks_epochs})" if args.nlptasks_epochs else "")
     lines = [
@@ -238,7 +240,9 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace, peak:
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU. Command: "
         f"`NLPTASKS_DATA_DIR=../shared/data .venv/bin/python benchmarks/vs_plain_trainer.py --task {args.task} "
         f"--epochs {args.epochs}{flags} --results`. Model `{args.model}`, {DATA[args.task]}, {epochs}, batch "
-        f"{args.batch_size}, lr {args.learning_rate}, seed {args.seed}, {'bf16' if args.bf16 else 'fp32'}.",
+        f"{args.batch_size}, lr {args.learning_rate}"
+        + (f" (nlptasks: {args.nlptasks_learning_rate})" if args.nlptasks_learning_rate else "")
+        + f", seed {args.seed}, {'bf16' if args.bf16 else 'fp32'}.",
         "",
         "| side | train samples/s | train s | eval samples/s | training GFLOP/s (share of matmul peak) "
         f"| test {METRICS[args.task]} | peak RSS GB |",
@@ -298,6 +302,11 @@ def main() -> None:
         "--nlptasks-epochs",
         type=float,
         help="nlptasks side: train this long (time to an equal metric: grouped batches learn less per epoch)",
+    )
+    parser.add_argument(
+        "--nlptasks-learning-rate",
+        type=float,
+        help="nlptasks side: this learning rate (length-grouped batches learn less per step at the plain script's)",
     )
     parser.add_argument(
         "--compile", action="store_true", help="also run the nlptasks side with train.compile (torch.compile)"
