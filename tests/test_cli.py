@@ -28,6 +28,7 @@ def test_run_and_predict_print_their_phases_and_hide_library_noise_unless_verbos
     for phase in ("data: train 64, validation 8, test 8 examples", "model: ", "parameters trained", "scoring test"):
         assert phase in trained.stderr
     assert "LOAD REPORT" not in trained.stderr and "Tokenizing" not in trained.stderr
+    assert "'loss'" not in trained.stdout and trained.stdout.splitlines()[-1].startswith("run directory: ")
     assert "LOAD REPORT" in (tmp_path / "run" / "logs" / "train.log").read_text()  # kept where a developer looks
 
     quiet = nlptasks_cli("predict", str(tmp_path / "run"), "--text", "Angela Merkel visited Paris.")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -62,6 +64,7 @@ def run(recipe: Recipe, overwrite: bool = False, callbacks: Sequence[TrainerCall
         held = claim(recipe.run_dir, partial(changed_settings, recipe=recipe), overwrite, args.process_index == 0)
     try:
         with (
+            contextlib.redirect_stdout(sys.stderr),  # the Trainer prints its log lines; stdout carries results
             logging_to(held.run_dir.logs / "train.log"),
             tracking.tracked(recipe, held.run_dir, args.process_index == 0) as finish,
         ):
