@@ -235,6 +235,8 @@ def test_sentence_layers_score_each_sentence_beside_the_others_and_by_its_place(
     assert not torch.allclose(*same_line)  # one sentence, two places in the document: two scores
     scores = task.decode(data, features, logits.numpy(), {0: "skip", 1: "keep"})
     assert [len(p["scores"]) for p in scores] == [3, 3]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 training, as on a CPU with native bf16
+        assert model(**inputs).logits.shape == logits.shape
 
 
 def test_layers_a_task_cannot_feed_are_refused_naming_the_key(tiny_bert: Path) -> None:

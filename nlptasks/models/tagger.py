@@ -159,7 +159,7 @@ class EncoderTaggerForTokenClassification(Tagger, PreTrainedModel):
         where = order.unsqueeze(-1).expand(-1, -1, states.shape[-1])
         sentences = states.gather(1, where) + _sinusoids(sentence_ids.gather(1, order).clamp(min=0), states.shape[-1])
         encoded = self.sentence_encoder(sentences.to(states.dtype), src_key_padding_mask=~present)
-        return torch.where(markers.unsqueeze(-1), states.scatter(1, where, encoded), states)
+        return torch.where(markers.unsqueeze(-1), states.scatter(1, where, encoded.to(states.dtype)), states)
 
 
 def _sentence_encoder(width: int, encoder: PreTrainedConfig, options: TaggerOptions) -> nn.TransformerEncoder:
