@@ -205,9 +205,9 @@ def _score_answers(pipeline: RagPipeline, sample: list[dict[str, Any]]) -> dict[
         seconds.append(time.perf_counter() - start)
         found += answer["found"]
         text = answer_text(answer["answer"]) if answer["found"] else ""
-        scores = answer_scores(text, query["answers"])
-        exact.append(scores[0])
-        overlap.append(scores[1])
+        match, f1 = answer_scores(text, query["answers"])
+        exact.append(match)
+        overlap.append(f1)
         if answer["found"]:
             right.append(any(holds_answer(c["text"], query["answers"]) for c in answer["citations"]))
             attributed.append(any(c.get("attributed", False) for c in answer["citations"]))

@@ -111,10 +111,10 @@ class TaskTrainer(Trainer):
     def training_step(
         self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
-        if self.args.gradient_accumulation_steps > 1 and num_items_in_batch is not None:
-            if self.counts_items is None:
+        if self.args.gradient_accumulation_steps > 1:
+            if num_items_in_batch is not None and self.counts_items is None:
                 self.counts_items = loss_counts_items(self, model, self._prepare_inputs(inputs))
-            self.loss_is_scaled_for_ga = self.counts_items
+            self.loss_is_scaled_for_ga = self.counts_items if num_items_in_batch is not None else None
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not torch.isfinite(loss).all():
             raise TrainingDiverged(self._divergence(loss, inputs))
