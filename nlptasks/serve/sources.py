@@ -28,7 +28,7 @@ def open_sources(
 
     `overrides` (`--set`) reach every source that has the setting: `generation.*` every generating model
     and index, any other key every index (its query-time settings, e.g. `top_k`); a key no source takes
-    is refused.
+    is refused. A source given already opened (a `Predictor`, a `RagPipeline`) is served as it was opened.
     """
     from nlptasks.recipe import parse_overrides
 
@@ -88,12 +88,10 @@ def _open(target: Any, batch_size: int, overrides: dict[str, Any]) -> Any:
         from nlptasks.rag import RagPipeline  # the `rag` extra: only where an index is served
 
         return RagPipeline(path, overrides or None)
-    from nlptasks.api import load
+    from nlptasks.api import inference_overrides, load
 
     predictor = load(path, batch_size=batch_size)
-    decoding = {
-        key.removeprefix("generation."): value for key, value in overrides.items() if key.startswith("generation.")
-    }
+    _, decoding = inference_overrides({key: value for key, value in overrides.items() if key.startswith("generation.")})
     if decoding and predictor.task.generates:
         predictor.set_generation(**decoding)
     return predictor
