@@ -12,6 +12,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import safetensors.torch
@@ -91,6 +92,48 @@ def test_gradient_accumulation_takes_the_step_one_larger_batch_would(
         norms += [float(row[3]) for row in rows if row[2] == "grad_norm"]
     whole, accumulated = norms
     assert 0.8 < accumulated / whole < 1.25, norms
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_a_decoder_loss_projected_at_the_learnt_positions_only_is_the_stock_loss(
+    tiny_llama: Path, lora: bool, tmp_path: Path
+) -> None:
+    """The prompt's positions get no logits, yet loss and gradient are those of the stock full-vocabulary loss,
+    with and without `num_items_in_batch`, and through a LoRA wrapper."""
+    import peft
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(tiny_llama)
+    if lora:
+        model = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    trainer = TaskTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True))
+    assert trainer.logits_at_labels
+    torch.manual_seed(0)
+    ids = torch.randint(0, 300, (3, 12))
+    labels = ids.clone()
+    labels[:, :7] = -100  # the prompts
+    labels[1, 10:] = -100  # right padding
+    attention = torch.ones_like(ids)
+    attention[1, 10:] = 0
+    batch = {"input_ids": ids, "attention_mask": attention, "labels": labels}
+    weight = next(w for w in model.parameters() if w.requires_grad)
+
+    def loss_and_gradient(compute: Any, items: torch.Tensor | None) -> tuple[float, torch.Tensor]:
+        model.zero_grad()
+        loss = compute(items)
+        loss.backward()
+        return loss.item(), weight.grad.clone()
+
+    def stock_loss(items: torch.Tensor | None) -> torch.Tensor:
+        return model(**batch, **({} if items is None else {"num_items_in_batch": items})).loss
+
+    for items in (None, torch.tensor(6)):
+        stock = loss_and_gradient(stock_loss, items)
+        kept = loss_and_gradient(lambda n: trainer.compute_loss(model, dict(batch), num_items_in_batch=n), items)
+        assert kept[0] == pytest.approx(stock[0], rel=1e-5)
+        torch.testing.assert_close(kept[1], stock[1])
+    _, outputs = trainer.compute_loss(model, dict(batch), return_outputs=True)
+    assert outputs.logits.shape[0] == int((labels[:, 1:] != -100).sum())
 
 
 OPTIMIZER_STATE = {
