@@ -72,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
         "--output", help="write the predictions to this JSON Lines file instead (required under several processes)"
     )
     predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        help="bound an encoder's batch at this many rows x padded tokens (default: 512 on a CPU, none on a GPU; "
+        "0: none)",
+    )
     _add_chunk_size(predict)
     _add_set(predict, "a generation.* setting, e.g. --set generation.num_beams=1 (repeatable)")
 
@@ -263,8 +269,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         sharding.single_process_only("predict: several processes cannot share stdout; pass --output OUT.jsonl")
     if not (args.text or args.file):
         sharding.single_process_only("predict: several processes cannot share stdin; pass --file")
+    bound = "auto" if args.max_batch_tokens is None else args.max_batch_tokens or None
     predictor = api.load(
-        args.run_dir, batch_size=args.batch_size, chunk_size=args.chunk_size, generation=decoding or None
+        args.run_dir,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        generation=decoding or None,
+        max_batch_tokens=bound,
     )
     if args.text:
         texts = iter(args.text)

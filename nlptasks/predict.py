@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import datasets
 import numpy as np
@@ -33,7 +33,20 @@ from nlptasks.models import generation
 from nlptasks.recipe import GenerationSettings, Recipe, load_recipe
 from nlptasks.rundir import RunDir
 from nlptasks.tasks import task_for
-from nlptasks.tasks.base import Task, json_input, sorted_by_length
+from nlptasks.tasks.base import Task, json_input, lengths_of, sorted_by_length
+
+CPU_BATCH_TOKENS = 512
+"""A CPU forward pass's bound on rows x padded length: tokens per second peak at a few hundred tokens
+a pass (activations that stay in cache), and fewer rows pad less where lengths differ, as in a
+service's batch of whatever arrived together."""
+
+MIN_BATCH_ROWS = 4
+"""Rows a bounded batch may always take: long windows (QA's 384 tokens) still run several to a pass."""
+
+
+def default_batch_tokens() -> int | None:
+    """`CPU_BATCH_TOKENS` on a CPU; no bound on a GPU, which wants its batches large."""
+    return None if torch.cuda.is_available() else CPU_BATCH_TOKENS
 
 
 class Predictor:
@@ -43,7 +56,10 @@ class Predictor:
         batch_size: int = 64,
         chunk_size: int = 1024,
         generation: dict[str, Any] | None = None,
+        max_batch_tokens: int | None | Literal["auto"] = "auto",
     ) -> None:
+        """`max_batch_tokens` bounds the rows x padded length of an encoder's forward pass (`batch_bounds`);
+        "auto" is `default_batch_tokens()`, None no bound. Generation batches by `batch_size` alone."""
         sharding.share_cpu_threads()
         self.run_dir = RunDir.read(run_dir)
         if not self.run_dir.recipe.is_file():
@@ -52,6 +68,7 @@ class Predictor:
         self.task = task_for(self.recipe)
         self.batch_size = batch_size
         self.chunk_size = chunk_size
+        self.max_batch_tokens = default_batch_tokens() if max_batch_tokens == "auto" else max_batch_tokens
         self.untrained = self.task.untrained_method(self.recipe.model)
         """A method without a model (Lead-k, TextRank), or None: then the attributes below hold the model."""
         self.model: torch.nn.Module | None = None
@@ -250,7 +267,8 @@ class Predictor:
 
     def batches(self, features: datasets.Dataset) -> Iterator[dict[str, torch.Tensor]]:
         """Padded batches of the features' model inputs, in order (`model_batches`)."""
-        return model_batches(features, self.task, self.tokenizer, self._inputs, self.batch_size)
+        max_tokens = None if self.task.generates else self.max_batch_tokens
+        return model_batches(features, self.task, self.tokenizer, self._inputs, self.batch_size, max_tokens)
 
 
 @dataclass(frozen=True)
@@ -271,9 +289,15 @@ class _AdapterSettings:
 
 
 def model_batches(
-    features: datasets.Dataset, task: Task, tokenizer: Any, accepted: set[str], batch_size: int
+    features: datasets.Dataset,
+    task: Task,
+    tokenizer: Any,
+    accepted: set[str],
+    batch_size: int,
+    max_tokens: int | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Padded batches of the `accepted` feature columns (bookkeeping fields left out), in order.
+    """Padded batches of the `accepted` feature columns (bookkeeping fields left out), in order,
+    cut by `batch_bounds`.
 
     Labels are left out too, except for a generating task: a decoder's prompt ends where its labels begin.
     """
@@ -281,8 +305,25 @@ def model_batches(
     columns = [c for c in wanted if task.generates or c not in task.label_names]
     rows = features.select_columns(columns)
     pad_values = task.pad_values(tokenizer)
-    for start in range(0, len(rows), batch_size):
-        yield pad_batch(list(rows.select(range(start, min(start + batch_size, len(rows))))), pad_values)
+    lengths = lengths_of(features) if max_tokens is not None else [0] * len(rows)
+    for start, end in batch_bounds(lengths, batch_size, max_tokens):
+        yield pad_batch(list(rows.select(range(start, end))), pad_values)
+
+
+def batch_bounds(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> Iterator[tuple[int, int]]:
+    """(start, end) of consecutive batches over rows of these lengths: at most `batch_size` rows, and where
+    `max_tokens` is set, rows x the batch's longest within it unless that leaves fewer than `MIN_BATCH_ROWS`."""
+    start = 0
+    while start < len(lengths):
+        limit = min(start + batch_size, len(lengths))
+        end, longest = start + 1, lengths[start]
+        while end < limit:
+            longest = max(longest, lengths[end])
+            if max_tokens is not None and end - start >= MIN_BATCH_ROWS and (end + 1 - start) * longest > max_tokens:
+                break
+            end += 1
+        yield start, end
+        start = end
 
 
 def accepted_inputs(model: Any) -> set[str]:

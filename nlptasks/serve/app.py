@@ -122,7 +122,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _add_model_routes(app: FastAPI, models: dict[str, ServedModel], settings: ServeSettings) -> None:
-    def model_named(name: str) -> ServedModel:
+    async def model_named(name: str) -> ServedModel:  # async: FastAPI runs a plain function in a worker thread
         if name not in models:
             served = ", ".join(models) or "none"
             raise HTTPException(404, f"no model '{name}'{did_you_mean(name, models)}; served: {served}")
