@@ -33,6 +33,11 @@ def cross_attention(predictor: Predictor, text: str) -> CrossAttention:
 
     For attention heat maps: weights are (output tokens, input tokens), averaged over layers and heads.
     """
+    if not isinstance(predictor.model, torch.nn.Module):
+        raise UserInputError(
+            f"cross_attention: {predictor.run_dir.root} is an export that returns no attention weights; "
+            "ask the run it was exported from"
+        )
     if not (predictor.task.generates and predictor.model.config.is_encoder_decoder):
         raise UserInputError("cross_attention: only an encoder-decoder model attends over an input it encoded")
     model = predictor.model.get_base_model() if isinstance(predictor.model, PeftModel) else predictor.model

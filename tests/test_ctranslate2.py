@@ -86,6 +86,8 @@ def test_a_t5_export_predicts_and_scores_as_its_run_and_int8_stays_close(
     assert nlptasks.evaluate(fp32, "test")["bleu"] == json.loads((t5_run / "metrics.json").read_text())["test"]["bleu"]
     with pytest.raises(nlptasks.UserInputError, match="decodes with generation.engine ctranslate2 only"):
         nlptasks.load(fp32, generation={"engine": "transformers"})
+    with pytest.raises(nlptasks.UserInputError, match="returns no attention weights; ask the run"):
+        exported.cross_attention(TEXTS[0])
     with TestClient(create_app([f"t5={fp32}"])) as client:
         served = client.post("/v1/models/t5/predict", json={"inputs": TEXTS}).json()
     assert served == {"outputs": exported.predict(TEXTS)}
