@@ -307,7 +307,8 @@ def model_batches(
     pad_values = task.pad_values(tokenizer)
     lengths = lengths_of(features) if max_tokens is not None else [0] * len(rows)
     for start, end in batch_bounds(lengths, batch_size, max_tokens):
-        yield pad_batch(list(rows.select(range(start, end))), pad_values)
+        block = rows[start:end]  # columns of plain lists: a `select` would build a dataset per batch
+        yield pad_batch([dict(zip(block, values)) for values in zip(*block.values())], pad_values)
 
 
 def batch_bounds(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> Iterator[tuple[int, int]]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import datasets
 import pytest
 
 import nlptasks
 from nlptasks.errors import UserInputError
 from nlptasks.predict import batch_bounds
+from nlptasks.tasks.base import TEXT_PAIR_FEATURES, in_memory
 
 
 def test_a_method_without_a_model_gives_a_complete_predictor(tmp_path: Path) -> None:
@@ -58,3 +60,25 @@ def test_a_token_bound_changes_the_batches_not_the_predictions(ner_recipe, tiny_
     logits = [p.logits(f) for p, f in zip((unbounded, bounded), features)]
     assert logits[0] == pytest.approx(logits[1], abs=1e-5)
     assert [p["tags"] for p in unbounded.predict(texts)] == [p["tags"] for p in bounded.predict(texts)]
+
+
+@pytest.mark.parametrize(
+    ("columns", "features"),
+    [
+        (
+            {
+                "text": ["Ada met Alan .", "hi"],
+                "tokens": [["Ada", "met", "Alan", "."], ["hi"]],
+                "spans": [[[0, 3]], [[0, 2]]],
+            },
+            None,
+        ),
+        ({"text": ["a", "b"], "text_pair": [None, "c"]}, TEXT_PAIR_FEATURES),
+        ({"text": ["a"], "text_pair": [None]}, TEXT_PAIR_FEATURES),  # no pair anywhere: still typed as text
+        ({"translation": [[{"language": "en", "text": "A dog ."}]]}, None),
+    ],
+)
+def test_inputs_become_the_dataset_from_dict_would_give(columns: dict, features: datasets.Features | None) -> None:
+    built, expected = in_memory(columns, features), datasets.Dataset.from_dict(columns, features=features)
+    assert built.features == expected.features and built.to_list() == expected.to_list()
+    assert in_memory(columns, features)._fingerprint != built._fingerprint

@@ -43,7 +43,7 @@ from sklearn.metrics.pairwise import cosine_similarity
 from nlptasks.config import Section
 from nlptasks.errors import UserInputError
 from nlptasks.metrics.rouge import ROUGE_TYPES, greedy_oracle, rouge
-from nlptasks.tasks.base import Task, softmax, tokenized
+from nlptasks.tasks.base import Task, in_memory, softmax, tokenized
 from nlptasks.tasks.summary_rows import SUMMARY_FEATURES, check_summary_row, gold_summaries, length_report
 from nlptasks.text import Span, split_sentences, split_turns
 
@@ -172,7 +172,7 @@ class ExtractiveSummarization(Task):
         for number, document in enumerate(documents, 1):
             if not document.strip():
                 raise UserInputError(f"predict: text {number} is empty; there is nothing to summarize")
-        return datasets.Dataset.from_dict({"document": documents})
+        return in_memory({"document": documents})
 
     def empty_prediction(self) -> dict[str, Any]:
         """An empty document has no sentences to choose: an empty summary."""

@@ -19,7 +19,7 @@ import numpy as np
 from nlptasks.config import Section
 from nlptasks.metrics.calibration import expected_calibration_error, write_reliability
 from nlptasks.metrics.entities import entity_scores
-from nlptasks.tasks.base import NOT_CHOSEN, Task, softmax, tokenized
+from nlptasks.tasks.base import NOT_CHOSEN, Task, in_memory, softmax, tokenized
 from nlptasks.text import WORD
 
 ERROR_EXAMPLES = 5
@@ -210,7 +210,7 @@ class NER(Task):
     def examples_from_texts(self, texts: list[str]) -> datasets.Dataset:
         words = [[m.group() for m in WORD.finditer(text)] or [text] for text in texts]
         spans = [[[m.start(), m.end()] for m in WORD.finditer(text)] or [[0, len(text)]] for text in texts]
-        return datasets.Dataset.from_dict({"text": texts, "tokens": words, "spans": spans})
+        return in_memory({"text": texts, "tokens": words, "spans": spans})
 
     def empty_prediction(self) -> dict[str, Any]:
         """No words, so no tags and no entities."""

@@ -38,7 +38,7 @@ from nlptasks.config import Section
 from nlptasks.errors import DataError, UserInputError
 from nlptasks.metrics.calibration import expected_calibration_error, write_reliability
 from nlptasks.metrics.squad import answer_scores, squad_scores
-from nlptasks.tasks.base import Task, json_input, softmax, tokenized
+from nlptasks.tasks.base import Task, in_memory, json_input, softmax, tokenized
 
 OUTSIDE = [-1, -1]
 """Character span stored for tokens that are not context (question, special tokens)."""
@@ -278,7 +278,7 @@ class QuestionAnswering(Task):
                 rows.append(json_input(value, self.input_fields))
             except ValueError as err:
                 raise UserInputError(f"input {number}: {err}") from None
-        return datasets.Dataset.from_dict({field: [row[field] for row in rows] for field in self.input_fields})
+        return in_memory({field: [row[field] for row in rows] for field in self.input_fields})
 
     def empty_prediction(self) -> dict[str, Any]:
         """No question and no context: no answer, not even the empty no-answer one."""

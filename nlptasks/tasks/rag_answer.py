@@ -23,7 +23,7 @@ import datasets
 from nlptasks.chat import prompt_frame
 from nlptasks.errors import RecipeError, UserInputError
 from nlptasks.grounded import RULES, answer_text, grounded_scores, passage_prompt
-from nlptasks.tasks.base import Generation, nonblank
+from nlptasks.tasks.base import Generation, in_memory, nonblank
 from nlptasks.tasks.seq2seq import Seq2SeqOptions, Seq2SeqTask, gen_len, unpadded
 
 
@@ -110,7 +110,7 @@ class RagAnswer(Seq2SeqTask):
                 rows.append(self.check_row(row, None))
             except ValueError as err:
                 raise UserInputError(f"input {number}: {err}") from None
-        return datasets.Dataset.from_dict({field: [row[field] for row in rows] for field in self.input_fields})
+        return in_memory({field: [row[field] for row in rows] for field in self.input_fields})
 
     def score(self, examples: datasets.Dataset, predictions: list[Generation]) -> dict[str, float]:
         golds = [

@@ -18,7 +18,7 @@ from typing import Any
 import datasets
 
 from nlptasks.metrics.rouge import ROUGE_TYPES, rouge
-from nlptasks.tasks.base import Generation
+from nlptasks.tasks.base import Generation, in_memory
 from nlptasks.tasks.seq2seq import Seq2SeqTask, gen_len
 from nlptasks.tasks.summary_rows import SUMMARY_FEATURES, check_summary_row, gold_summaries, length_report
 from nlptasks.text import sentence_texts
@@ -50,7 +50,7 @@ class Summarization(Seq2SeqTask):
         return batch.get("summary")
 
     def examples_from_sources(self, sources: list[str]) -> datasets.Dataset:
-        return datasets.Dataset.from_dict({"document": sources})
+        return in_memory({"document": sources})
 
     def score(self, examples: datasets.Dataset, predictions: list[Generation]) -> dict[str, float]:
         """Mean best-reference ROUGE F-measures and `gen_len` (see the module docstring)."""

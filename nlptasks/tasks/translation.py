@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 from nlptasks.errors import DataError
 from nlptasks.metrics.bleu import sacrebleu_scores
 from nlptasks.rundir import write_atomic
-from nlptasks.tasks.base import Generation, nonblank
+from nlptasks.tasks.base import Generation, in_memory, nonblank
 from nlptasks.tasks.seq2seq import Seq2SeqOptions, Seq2SeqTask, gen_len
 
 SOURCE_LENGTHS = ((0, 10), (11, 20), (21, 30), (31, 10**9))
@@ -97,7 +97,7 @@ class Translation(Seq2SeqTask):
 
     def examples_from_sources(self, sources: list[str]) -> datasets.Dataset:
         rows = [[{"language": self.options.source_lang, "text": text}] for text in sources]
-        return datasets.Dataset.from_dict({"translation": rows}, features=self.features())
+        return in_memory({"translation": rows}, self.features())
 
     def score(self, examples: datasets.Dataset, predictions: list[Generation]) -> dict[str, float]:
         """`bleu` and `chrf` (sacreBLEU, 0-100) and `gen_len` (see the module docstring)."""
