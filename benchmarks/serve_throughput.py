@@ -5,8 +5,9 @@ The service runs as its own process (`python -m nlptasks serve RUN`) on a free l
 is deployed, and asynchronous clients (one keep-alive connection each, `Connection`) send one input
 per request, each client its next request once the last is answered. Requests/s equals inputs/s, one
 input a request; latencies are per request as a client sees them; the mean batch is the service's
-inputs per forward pass, read from its `/metrics`. The clients share the machine with the server; the
-CPU seconds each side spent are reported, so on a small machine read the service's figures as a floor.
+inputs per gathered batch (one `predict` call), read from its `/metrics`. The clients share the
+machine with the server; the CPU seconds each side spent are reported, so on a small machine read the
+service's figures as a floor.
 
     NLPTASKS_DATA_DIR=../shared/data .venv/bin/python benchmarks/serve_throughput.py RUN_DIR \\
         [--file inputs.jsonl] [--inputs 2000] [--clients 1 8 32] [--results]
@@ -132,7 +133,7 @@ async def load(url: str, inputs: list[Any], clients: int) -> tuple[float, list[f
 
 
 def batches(url: str) -> tuple[float, float]:
-    """The service's forward passes so far and the inputs they read."""
+    """The service's gathered batches so far and the inputs they read."""
     import httpx
 
     scraped = httpx.get(f"{url}/metrics").text

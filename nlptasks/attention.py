@@ -33,14 +33,15 @@ def cross_attention(predictor: Predictor, text: str) -> CrossAttention:
 
     For attention heat maps: weights are (output tokens, input tokens), averaged over layers and heads.
     """
-    if not isinstance(predictor.model, torch.nn.Module):
+    model = predictor.model
+    if model is not None and not isinstance(model, torch.nn.Module):
         raise UserInputError(
             f"cross_attention: {predictor.run_dir.root} is an export that returns no attention weights; "
             "ask the run it was exported from"
         )
-    if not (predictor.task.generates and predictor.model.config.is_encoder_decoder):
+    if model is None or not (predictor.task.generates and model.config.is_encoder_decoder):
         raise UserInputError("cross_attention: only an encoder-decoder model attends over an input it encoded")
-    model = predictor.model.get_base_model() if isinstance(predictor.model, PeftModel) else predictor.model
+    model = model.get_base_model() if isinstance(model, PeftModel) else model
     if model.config._attn_implementation not in (None, "eager"):
         model.set_attn_implementation("eager")  # fused kernels (sdpa, flash) never return their weights
     features = predictor.task.featurize(

@@ -107,7 +107,6 @@ def test_a_decoder_loss_projected_at_the_learnt_positions_only_is_the_stock_loss
     if lora:
         model = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     trainer = TaskTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True))
-    assert trainer.logits_at_labels
     torch.manual_seed(0)
     ids = torch.randint(0, 300, (3, 12))
     labels = ids.clone()
@@ -133,7 +132,19 @@ def test_a_decoder_loss_projected_at_the_learnt_positions_only_is_the_stock_loss
         assert kept[0] == pytest.approx(stock[0], rel=1e-5)
         torch.testing.assert_close(kept[1], stock[1])
     _, outputs = trainer.compute_loss(model, dict(batch), return_outputs=True)
-    assert outputs.logits.shape[0] == int((labels[:, 1:] != -100).sum())
+    assert trainer.logits_at_labels and outputs.logits.shape[0] == int((labels[:, 1:] != -100).sum())
+
+
+def test_an_encoder_decoder_keeps_its_stock_loss(tmp_path: Path) -> None:
+    """T5's loss does not shift its labels: asking it for logits at shifted positions would misalign them."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2, decoder_start_token_id=0)
+    model = T5ForConditionalGeneration(config).eval()
+    trainer = TaskTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True))
+    batch = {"input_ids": torch.randint(1, 64, (2, 6)), "labels": torch.randint(1, 64, (2, 4))}
+    assert trainer.compute_loss(model, dict(batch)).item() == pytest.approx(model(**batch).loss.item(), rel=1e-5)
+    assert trainer.logits_at_labels is False
 
 
 OPTIMIZER_STATE = {

@@ -31,7 +31,11 @@ class Metrics:
             "nlptasks_request_latency_seconds", "Time to answer a request", ["route", "model"], registry=self.registry
         )
         self.batch_size = Histogram(
-            "nlptasks_batch_size", "Inputs per forward pass", ["model"], buckets=BATCH_BUCKETS, registry=self.registry
+            "nlptasks_batch_size",
+            "Inputs per gathered batch (one predict call)",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
         )
         self.inputs = Counter("nlptasks_inputs", "Inputs predicted", ["model"], registry=self.registry)
         self.queue_depth = Gauge(
@@ -43,7 +47,7 @@ class Metrics:
         self.queue_depth.labels(model=model).set_function(depth)
 
     def batch_observer(self, model: str) -> Callable[[int], None]:
-        """What a model's batcher calls with each forward pass's size."""
+        """What a model's batcher calls with each gathered batch's size."""
         histogram, inputs = self.batch_size.labels(model=model), self.inputs.labels(model=model)
 
         def observe(size: int) -> None:

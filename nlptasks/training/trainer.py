@@ -50,11 +50,26 @@ def loss_counts_items(trainer: Trainer, model: torch.nn.Module, inputs: dict[str
     return not torch.allclose(one.float(), two.float())
 
 
-def keeps_chosen_logits(model: torch.nn.Module) -> bool:
-    """Whether `model` (under LoRA, the wrapped model) is a causal LM that can project only chosen positions
-    onto its vocabulary (`logits_to_keep`) and be told the labels of those positions (`shift_labels`)."""
+def keeps_chosen_logits(model: torch.nn.Module, inputs: dict[str, Any]) -> bool:
+    """Whether `model` (under LoRA, the wrapped model) gives its stock loss for `at_labelled_positions(inputs)`,
+    scored once, dropout off.
+
+    Most of transformers' causal LMs (Llama, GPT-2, Qwen2, Mistral, ...) take a mask as `logits_to_keep` and pass
+    `shift_labels` to their loss; an encoder-decoder's unshifted loss, or a model computing its own, does not.
+    """
     unwrapped = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return {"logits_to_keep", "labels"} <= set(inspect.signature(unwrapped.forward).parameters)
+    if not {"logits_to_keep", "labels"} <= set(inspect.signature(unwrapped.forward).parameters):
+        return False
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            stock, kept = (model(**batch).loss for batch in (inputs, at_labelled_positions(inputs)))
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    finally:
+        model.train(training)
+    return kept is not None and torch.allclose(stock.float(), kept.float(), rtol=1e-2)
 
 
 def at_labelled_positions(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +116,8 @@ class TaskTrainer(Trainer):
     out `gradient_accumulation_steps` times too large.
 
     A causal LM's logits are projected only at the positions whose next token it learns
-    (`at_labelled_positions`).
+    (`at_labelled_positions`), once the first batch shows the model's loss is the same that way
+    (`keeps_chosen_logits`).
 
     A non-finite loss stops training at once, naming the step and writing its batch to `batch_dump`'s
     folder: the stock Trainer filters NaN out of the logged loss and trains on, and every later step
@@ -133,7 +149,7 @@ class TaskTrainer(Trainer):
         self.outputs_only = False
         self.generator: Any = None
         self.counts_items: bool | None = None
-        self.logits_at_labels = self.model_accepts_loss_kwargs and keeps_chosen_logits(self.model)
+        self.logits_at_labels: bool | None = None
 
     def compute_loss(
         self,
@@ -142,9 +158,25 @@ class TaskTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        if self.logits_at_labels and "labels" in inputs and self.compute_loss_func is None:
-            inputs = at_labelled_positions(inputs)
+        if self._may_keep_logits(inputs):
+            if self.logits_at_labels is None:
+                self.logits_at_labels = keeps_chosen_logits(model, inputs)
+            if self.logits_at_labels:
+                inputs = at_labelled_positions(inputs)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def _may_keep_logits(self, inputs: dict[str, Any]) -> bool:
+        """A batch whose labels the model's own loss reads, in one replica (DataParallel would split the flat
+        `shift_labels` unlike the mask) and not already cut by context parallelism."""
+        return (
+            "labels" in inputs
+            and "shift_labels" not in inputs
+            and self.compute_loss_func is None
+            and self.label_smoother is None
+            and self.model_accepts_loss_kwargs
+            and self.args.n_gpu <= 1
+            and self.logits_at_labels is not False
+        )
 
     def training_step(
         self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
