@@ -260,6 +260,13 @@ TEXT_PAIR_FEATURES = datasets.Features({"text": datasets.Value("string"), "text_
 """A text, or a pair of them (`text_pair` None where there is none), typed even when no row has a pair."""
 
 
+def text_pair_examples(rows: list[dict[str, Any]]) -> datasets.Dataset:
+    """Rows of `text` and an optional `text_pair` (`text_or_json_row`'s) as `predict`'s examples."""
+    return in_memory(
+        {"text": [r["text"] for r in rows], "text_pair": [r.get("text_pair") for r in rows]}, TEXT_PAIR_FEATURES
+    )
+
+
 def in_memory(columns: dict[str, list[Any]], features: datasets.Features | None = None) -> datasets.Dataset:
     """`predict`'s inputs as a dataset, as `Dataset.from_dict(columns, features)` gives it.
 

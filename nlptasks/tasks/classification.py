@@ -31,7 +31,7 @@ from nlptasks.errors import DataError, RecipeError
 from nlptasks.metrics.calibration import expected_calibration_error, fitted_temperature, write_reliability
 from nlptasks.metrics.classification import label_scores
 from nlptasks.rundir import write_atomic
-from nlptasks.tasks.base import TEXT_PAIR_FEATURES, Task, in_memory, softmax, text_or_json_row, tokenized
+from nlptasks.tasks.base import Task, softmax, text_or_json_row, text_pair_examples, tokenized
 
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
 CONFUSED_PAIRS = 10
@@ -227,9 +227,7 @@ class Classification(Task):
     def examples_from_texts(self, texts: list[str]) -> datasets.Dataset:
         """Plain lines are single texts; a JSON object line gives `text` and `text_pair`."""
         rows = [text_or_json_row(text) for text in texts]
-        return in_memory(
-            {"text": [r["text"] for r in rows], "text_pair": [r.get("text_pair") for r in rows]}, TEXT_PAIR_FEATURES
-        )
+        return text_pair_examples(rows)
 
     def empty_prediction(self) -> dict[str, Any]:
         """No class and no score: a blank text is not evidence for any class."""

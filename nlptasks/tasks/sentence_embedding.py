@@ -35,7 +35,7 @@ from pydantic import Field
 from nlptasks.config import Section
 from nlptasks.errors import DataError, RecipeError
 from nlptasks.metrics.correlation import sts_correlations
-from nlptasks.tasks.base import TEXT_PAIR_FEATURES, Task, in_memory, text_or_json_row, tokenized
+from nlptasks.tasks.base import Task, text_or_json_row, text_pair_examples, tokenized
 
 if TYPE_CHECKING:
     from nlptasks.recipe import Recipe
@@ -185,9 +185,7 @@ class SentenceEmbedding(Task):
         paired = [row for row in rows if row.get("text_pair")]
         if paired and len(paired) != len(rows):
             raise ValueError("mix of sentences and JSON pairs in one input: give one kind per call")
-        return in_memory(
-            {"text": [r["text"] for r in rows], "text_pair": [r.get("text_pair") for r in rows]}, TEXT_PAIR_FEATURES
-        )
+        return text_pair_examples(rows)
 
     def empty_prediction(self) -> dict[str, Any]:
         """The zero vector: a blank text means nothing, and its dot product with every embedding is 0.
