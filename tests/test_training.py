@@ -321,11 +321,13 @@ def test_a_compiled_run_saves_and_predicts_like_an_eager_one(
     """`train.compile` wraps the model the Trainer runs; what is saved and reloaded is the plain model.
 
     The graphs are captured as `torch.compile` captures them, but run eagerly instead of by inductor:
-    the wrapping, saving and reloading are what this tests, and inductor's code generation takes a minute."""
+    the wrapping, saving and reloading are what this tests, and inductor's code generation takes a minute.
+    The losses differ by the dropout masks alone: the eager run draws them as `training.cpu` does, the
+    compiled one as torch does."""
     eager = nlptasks.run(ner_recipe(tiny_bert, tmp_path / "eager", epochs=1))
     monkeypatch.setattr(settings, "TrainingArguments", partial(TrainingArguments, torch_compile_backend="eager"))
     compiled = nlptasks.run(ner_recipe(tiny_bert, tmp_path / "compiled", epochs=1, compile=True))
-    assert compiled.metrics["train"]["train_loss"] == pytest.approx(eager.metrics["train"]["train_loss"], rel=1e-3)
+    assert compiled.metrics["train"]["train_loss"] == pytest.approx(eager.metrics["train"]["train_loss"], rel=1e-2)
     weights = safetensors.torch.load_file(compiled.run_dir / "model" / "model.safetensors")
     assert weights.keys() == safetensors.torch.load_file(eager.run_dir / "model" / "model.safetensors").keys()
     [shown] = nlptasks.load(compiled.run_dir).predict("Angela Merkel visited Paris.")

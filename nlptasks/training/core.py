@@ -29,6 +29,7 @@ from nlptasks.tasks import task_for
 from nlptasks.tasks.base import Task, lengths_of, sorted_by_length
 from nlptasks.training import tracking
 from nlptasks.training.callbacks import callbacks
+from nlptasks.training.cpu import unfuse_attention_for_training, use_cpu_dropout
 from nlptasks.training.evaluation import (
     calibrate,
     evaluate_split,
@@ -161,6 +162,7 @@ def _trainer(
     """The Trainer over the built model, the tokenized splits, and the checkpoint to resume from, if any."""
     labels = _labels(task, splits)
     model, tokenizer, resume_from = _model(recipe, task, args, held.run_dir, splits, labels)
+    inference_attention = _for_cpu_training(model, recipe, args)
     label2id = {label: i for i, label in enumerate(labels)}
     with args.main_process_first(desc="tokenization"):
         features = {name: task.featurize(split, tokenizer, label2id) for name, split in splits.items()}
@@ -185,8 +187,18 @@ def _trainer(
         decay_ratio=recipe.train.decay_ratio,
         batch_dump=held.run_dir.logs,
         read_outputs=task.output_names,
+        inference_attention=inference_attention,
     )
     return trainer, features, resume_from
+
+
+def _for_cpu_training(model: torch.nn.Module, recipe: Recipe, args: TrainingArguments) -> str | None:
+    """Cheaper dropout and unfused attention on a CPU (`training.cpu`); the attention evaluation switches back to,
+    if changed. A compiled model is left as it is: inductor fuses dropout and attention itself."""
+    if args.device.type != "cpu" or recipe.train.compile:
+        return None
+    use_cpu_dropout(model)
+    return unfuse_attention_for_training(model, recipe.data.max_length)
 
 
 def _model(

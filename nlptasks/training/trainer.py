@@ -20,6 +20,7 @@ from transformers.trainer_utils import SchedulerType
 from nlptasks.errors import TrainingDiverged
 from nlptasks.models import generation
 from nlptasks.rundir import write_atomic
+from nlptasks.training.cpu import attention_implementation
 
 EXTRA_OUTPUTS = (
     "cache",
@@ -119,6 +120,8 @@ class TaskTrainer(Trainer):
     (`at_labelled_positions`), once the first batch shows the model's loss is the same that way
     (`keeps_chosen_logits`).
 
+    Where training unfused the attention (`training.cpu`), evaluation computes it with `inference_attention`.
+
     A non-finite loss stops training at once, naming the step and writing its batch to `batch_dump`'s
     folder: the stock Trainer filters NaN out of the logged loss and trains on, and every later step
     is wasted on NaN weights.
@@ -135,6 +138,7 @@ class TaskTrainer(Trainer):
         decay_ratio: float = 0.0,
         batch_dump: Path | None = None,
         read_outputs: tuple[str, ...] = ("logits",),
+        inference_attention: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -146,6 +150,7 @@ class TaskTrainer(Trainer):
         self.decay_ratio = decay_ratio
         self.batch_dump = batch_dump
         self.read_outputs = read_outputs
+        self.inference_attention = inference_attention
         self.outputs_only = False
         self.generator: Any = None
         self.counts_items: bool | None = None
@@ -271,6 +276,12 @@ class TaskTrainer(Trainer):
         finally:
             self.compute_metrics = validation_metrics
             self.outputs_only = False
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
+        if self.inference_attention is None:
+            return super().evaluation_loop(*args, **kwargs)
+        with attention_implementation(self.model, self.inference_attention):
+            return super().evaluation_loop(*args, **kwargs)
 
     def prediction_step(
         self,
