@@ -2,8 +2,10 @@
 
 The step is what the Trainer runs for `ner/minilm`: forward, backward, gradient clipping at norm 1,
 fused AdamW, gradients set to None, on batches of real shape (32 sentences of one padded length,
-as length-grouped batches are). `--compile` profiles the `torch.compile`d model (dynamic shapes,
-compiled before the profile starts) beside it, in the same process and on the same batches.
+as length-grouped batches are). `--cpu-training` profiles the model as the training core sets it up
+on a CPU (`nlptasks.training.cpu`) beside the stock one; `--compile` profiles the `torch.compile`d
+model (dynamic shapes, compiled before the profile starts). All sides run in one process, on the
+same batches.
 
     .venv/bin/python benchmarks/step_profile.py --lengths 12 24 40 --compile --results
 
@@ -18,6 +20,7 @@ import platform
 import time
 from collections.abc import Callable
 from datetime import date
+from functools import partial
 
 import torch
 from common import matmul_peak_flops, publish
@@ -25,14 +28,24 @@ from common import matmul_peak_flops, publish
 LABELS = 9
 
 
-def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Callable[[dict], None]:
+def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, bf16: bool) -> Callable[[dict], None]:
     def step(batch: dict) -> None:
-        model(**batch).loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**batch).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     return step
+
+
+def for_cpu_training(model: torch.nn.Module, longest_row: int) -> torch.nn.Module:
+    from nlptasks.training.cpu import unfuse_attention_for_training, use_cpu_dropout
+
+    use_cpu_dropout(model)
+    unfuse_attention_for_training(model, longest_row)
+    return model
 
 
 def batch_of(length: int, size: int, generator: torch.Generator) -> dict:
@@ -72,7 +85,7 @@ def operator_table(step: Callable[[dict], None], batches: list[dict], rows: int)
 
 def side(name: str, model: torch.nn.Module, batches: list[dict], args: argparse.Namespace) -> list[str]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)
-    step = training_step(model, optimizer)
+    step = training_step(model, optimizer, args.bf16)
     started = time.perf_counter()
     for batch in batches:
         step(batch)
@@ -97,6 +110,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--rows", type=int, default=12)
     parser.add_argument("--compile", action="store_true", help="also profile the torch.compile'd model")
+    parser.add_argument(
+        "--cpu-training", action="store_true", help="also profile the model as the training core sets it up on a CPU"
+    )
+    parser.add_argument("--bf16", action="store_true", help="forward under bf16 autocast, as the Trainer's bf16")
     parser.add_argument("--results", action="store_true", help="append the tables to benchmarks/RESULTS.md")
     args = parser.parse_args()
 
@@ -110,17 +127,25 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     batches = [batch_of(length, args.batch_size, generator) for length in args.lengths]
     lengths = " ".join(map(str, args.lengths))
+    precision = "bf16 autocast" if args.bf16 else "fp32"
     lines = [
         f"### One training step, profiled ({date.today()})",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-        f"{torch.get_num_threads()}, fp32; matmul peak measured here {matmul_peak_flops(False) / 1e9:.0f} GFLOP/s. "
+        f"{torch.get_num_threads()}, {precision}; matmul peak measured here "
+        f"{matmul_peak_flops(args.bf16) / 1e9:.0f} GFLOP/s. "
         f"Command: `.venv/bin/python benchmarks/step_profile.py --lengths {lengths}"
-        f"{' --compile' if args.compile else ''} --results`. `{args.model}` token classification, "
+        f"{' --bf16' if args.bf16 else ''}{' --cpu-training' if args.cpu_training else ''}"
+        f"{' --compile' if args.compile else ''} --results`. "
+        f"`{args.model}` token classification, "
         f"{args.batch_size} sentences a batch; a step is forward, backward, clipping, fused AdamW.",
         "",
     ]
     sides = {"eager": lambda model: model}
+    if args.cpu_training:
+        sides["as trained on a CPU (`training.cpu`: cheaper dropout, unfused attention)"] = partial(
+            for_cpu_training, longest_row=max(args.lengths)
+        )
     if args.compile:
         sides["compiled (`torch.compile`, dynamic shapes)"] = lambda model: torch.compile(model, dynamic=True)
     for name, wrap in sides.items():
