@@ -10,6 +10,8 @@ their best setting; `--fp32` elsewhere). Each side runs in its own process, so p
 
 Prints a table and the ratios; `--results` appends it to benchmarks/RESULTS.md. `--compile` adds a third side,
 nlptasks with `train.compile: true`, and reads its start-up (the first steps) apart from its later speed.
+`--rounds 2` runs each side twice, the order reversed in the second round, and reports medians: on a machine whose
+speed drifts between minutes, one round's ratio can swing by the drift.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from datetime import date
@@ -225,7 +228,26 @@ def measure(side: str, args: argparse.Namespace) -> dict[str, float]:
     return {**metrics, "peak_rss_gb": peak / 2**30}
 
 
-def report(results: dict[str, dict[str, float]], args: argparse.Namespace, peak: float) -> str:
+def measure_rounds(args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], list[float]]:
+    """Each side `args.rounds` times, in reversed order every other round, so that a machine drifting over the
+    command slows both sides alike; per side the median of each figure, and each round's training ratio."""
+    sides = [side for side in SIDES if args.compile or side != "nlptasks-compiled"]
+    runs: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
+    for round_number in range(args.rounds):
+        for side in sides if round_number % 2 == 0 else reversed(sides):
+            runs[side].append(measure(side, args))
+    ratios = [
+        ours["train_samples_per_second"] / plain["train_samples_per_second"]
+        for plain, ours in zip(runs["plain-trainer"], runs["nlptasks"], strict=True)
+    ]
+    return {side: median_figures(done) for side, done in runs.items()}, ratios
+
+
+def median_figures(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def report(results: dict[str, dict[str, float]], args: argparse.Namespace, peak: float, ratios: list[float]) -> str:
     plain, ours = results["plain-trainer"], results["nlptasks"]
     train_ratio = ours["train_samples_per_second"] / plain["train_samples_per_second"]
     eval_ratio = ours["eval_samples_per_second"] / plain["eval_samples_per_second"]
@@ -233,6 +255,7 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace, peak:
     flags += f" --nlptasks-epochs {args.nlptasks_epochs}" if args.nlptasks_epochs else ""
     flags += f" --nlptasks-learning-rate {args.nlptasks_learning_rate}" if args.nlptasks_learning_rate else ""
     flags += " --compile" if args.compile else ""
+    flags += f" --rounds {args.rounds}" if args.rounds > 1 else ""
     epochs = f"{args.epochs} epochs" + (f" (nlptasks: {args.nlptasks_epochs})" if args.nlptasks_epochs else "")
     lines = [
         f"### {args.task}: nlptasks vs plain Trainer ({date.today()})",
@@ -262,6 +285,12 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace, peak:
         "Training FLOPs are the Trainer's `total_flos` (6 × parameters × tokens, padding included): an estimate.",
         "",
     ]
+    if len(ratios) > 1:
+        lines += [
+            f"Each figure is the median of {len(ratios)} rounds, the sides' order reversed every other round; the "
+            f"training ratio per round: {', '.join(f'{ratio:.2f}×' for ratio in ratios)}.",
+            "",
+        ]
     if compiled := results.get("nlptasks-compiled"):
         lines += [
             f"Compiled (`train.compile: true`): the first {FIRST_STEPS} steps take "
@@ -311,6 +340,9 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="also run the nlptasks side with train.compile (torch.compile)"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run each side this many times, alternating order; report medians"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("runs/benchmarks"))
     parser.add_argument("--results", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = parser.parse_args()
@@ -323,8 +355,8 @@ def main() -> None:
         metrics["wall_seconds"] = time.perf_counter() - started
         print(json.dumps(metrics))
         return
-    results = {side: measure(side, args) for side in SIDES if args.compile or side != "nlptasks-compiled"}
-    text = report(results, args, matmul_peak_flops(args.bf16))
+    results, ratios = measure_rounds(args)
+    text = report(results, args, matmul_peak_flops(args.bf16), ratios)
     publish(text, args.results)
 
 
