@@ -1,8 +1,8 @@
 """Training on a CPU: dropout masks from a quarter of the random draws, and attention left unfused on short
 rows, where PyTorch's fused kernel would not fuse it anyway.
 
-On a CPU other than Intel's, `torch.nn.functional.dropout` draws each element's keep/drop from its own
-Mersenne Twister number through `bernoulli_`, on one thread: a tenth to a seventh of a MiniLM training
+On a CPU, `torch.nn.functional.dropout` draws each element's keep/drop from its own Mersenne Twister
+number through `bernoulli_`, on one thread, which makes dropout a large share of a small model's training
 step. `cheap_dropout` splits one 64-bit draw into four 16-bit lanes that decide four elements, with the
 rate rounded to a 65,536th (0.1 becomes 0.100006); the rest is the mask multiply torch itself does. No
 library offers a cheaper mask on the CPU, hence this module.
