@@ -41,10 +41,9 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, bf16
 
 
 def for_cpu_training(model: torch.nn.Module, longest_row: int) -> torch.nn.Module:
-    from nlptasks.training.cpu import unfuse_attention_for_training, use_cpu_dropout
+    from nlptasks.training.cpu import prepare_for_cpu_training
 
-    use_cpu_dropout(model)
-    unfuse_attention_for_training(model, longest_row)
+    prepare_for_cpu_training(model, longest_row)
     return model
 
 

@@ -22,7 +22,7 @@ from nlptasks.training.cpu import (
 )
 
 
-def tiny_bert(**config: Any) -> BertForTokenClassification:
+def small_bert(**config: Any) -> BertForTokenClassification:
     settings = {"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
     return BertForTokenClassification(BertConfig(**{**settings, "intermediate_size": 32, **config}))
 
@@ -72,7 +72,7 @@ def test_cpu_dropout_is_torchs_own_outside_training_and_at_the_edge_rates() -> N
 
 
 def test_use_cpu_dropout_replaces_every_dropout_layer_and_keeps_the_weights_and_outputs() -> None:
-    model = tiny_bert().eval()
+    model = small_bert().eval()
     layers = sum(type(module) is nn.Dropout for module in model.modules())
     ids = torch.randint(0, 50, (2, 6))
     before, weights = model(input_ids=ids).logits, model.state_dict()
@@ -83,7 +83,7 @@ def test_use_cpu_dropout_replaces_every_dropout_layer_and_keeps_the_weights_and_
 
 
 def test_attention_is_unfused_for_training_and_fused_again_inside_the_block() -> None:
-    model = tiny_bert().eval()
+    model = small_bert().eval()
     ids, mask = torch.randint(0, 50, (3, 7)), torch.tensor([[1] * 7, [1] * 5 + [0] * 2, [1] * 3 + [0] * 4])
     fused = model(input_ids=ids, attention_mask=mask).logits
     assert unfuse_attention_for_training(model, longest_row=128) == "sdpa"
@@ -96,14 +96,14 @@ def test_attention_is_unfused_for_training_and_fused_again_inside_the_block() ->
 
 def test_attention_without_dropout_keeps_its_fused_kernel() -> None:
     """The fused kernel holds no (length x length) scores for the backward pass: without dropout it stays."""
-    model = tiny_bert(attention_probs_dropout_prob=0.0)
+    model = small_bert(attention_probs_dropout_prob=0.0)
     assert unfuse_attention_for_training(model, longest_row=128) is None
     assert model.config._attn_implementation == "sdpa"
 
 
 def test_attention_over_long_rows_keeps_its_fused_kernel() -> None:
     """Past a few hundred tokens the unfused scores cost more than the math path's overhead."""
-    model = tiny_bert()
+    model = small_bert()
     assert unfuse_attention_for_training(model, longest_row=UNFUSED_ATTENTION_MAX_TOKENS + 1) is None
     assert model.config._attn_implementation == "sdpa"
 

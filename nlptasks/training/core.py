@@ -29,7 +29,7 @@ from nlptasks.tasks import task_for
 from nlptasks.tasks.base import Task, lengths_of, sorted_by_length
 from nlptasks.training import tracking
 from nlptasks.training.callbacks import callbacks
-from nlptasks.training.cpu import unfuse_attention_for_training, use_cpu_dropout
+from nlptasks.training.cpu import prepare_for_cpu_training
 from nlptasks.training.evaluation import (
     calibrate,
     evaluate_split,
@@ -197,8 +197,7 @@ def _for_cpu_training(model: torch.nn.Module, recipe: Recipe, args: TrainingArgu
     if changed. A compiled model is left as it is: inductor fuses dropout and attention itself."""
     if args.device.type != "cpu" or recipe.train.compile:
         return None
-    use_cpu_dropout(model)
-    return unfuse_attention_for_training(model, recipe.data.max_length)
+    return prepare_for_cpu_training(model, recipe.data.max_length)
 
 
 def _model(

@@ -47,6 +47,13 @@ class CpuDropout(nn.Dropout):
         return super().forward(inputs)
 
 
+def prepare_for_cpu_training(model: nn.Module, longest_row: int) -> str | None:
+    """Both of this module's changes on `model`, whose rows hold at most `longest_row` tokens; the attention
+    implementation evaluation should switch back to, or None where the attention was left as it was."""
+    use_cpu_dropout(model)
+    return unfuse_attention_for_training(model, longest_row)
+
+
 def use_cpu_dropout(model: nn.Module) -> int:
     """Replace each plain `nn.Dropout` in `model` by a `CpuDropout` of the same rate; the count replaced.
 
@@ -66,11 +73,13 @@ def unfuse_attention_for_training(model: nn.Module, longest_row: int) -> str | N
     has dropout and rows hold at most `UNFUSED_ATTENTION_MAX_TOKENS`; the implementation evaluation should
     switch back to, or None where nothing changed."""
     pretrained = transformers_model(model)
-    if longest_row > UNFUSED_ATTENTION_MAX_TOKENS or pretrained is None:
-        return None
-    if pretrained.config._attn_implementation != "sdpa":
-        return None
-    if not any(getattr(pretrained.config, name, 0) for name in ATTENTION_DROPOUT_SETTINGS):
+    unfused = (
+        longest_row <= UNFUSED_ATTENTION_MAX_TOKENS
+        and pretrained is not None
+        and pretrained.config._attn_implementation == "sdpa"
+        and any(getattr(pretrained.config, name, 0) for name in ATTENTION_DROPOUT_SETTINGS)
+    )
+    if not unfused:
         return None
     pretrained.set_attn_implementation("eager")
     return "sdpa"

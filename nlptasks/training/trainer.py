@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
@@ -278,9 +279,8 @@ class TaskTrainer(Trainer):
             self.outputs_only = False
 
     def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
-        if self.inference_attention is None:
-            return super().evaluation_loop(*args, **kwargs)
-        with attention_implementation(self.model, self.inference_attention):
+        attention = self.inference_attention
+        with attention_implementation(self.model, attention) if attention else contextlib.nullcontext():
             return super().evaluation_loop(*args, **kwargs)
 
     def prediction_step(
