@@ -188,6 +188,11 @@ def _add_rag(parser: argparse.ArgumentParser) -> None:
     tune.add_argument(
         "--unanswerable", type=float, default=0.2, help="share of generator prompts without the answer, to abstain"
     )
+    refit = _command(
+        commands, "fit-abstention", help="fit a tuned index's abstain_threshold again, under its settings and --set"
+    )
+    refit.add_argument("--index", required=True, help="a tuned index (OUT/index of `rag tune`)")
+    refit.add_argument("--prompts", help="held-out rag-answer rows (default: OUT/data/generator-validation.jsonl)")
     serve = _command(commands, "serve", help="`nlptasks serve` with this index: /v1/rag/NAME/search|ask, /search, /ask")
     serve.add_argument("--index", required=True)
     serve.add_argument("--host", default="127.0.0.1")
@@ -374,6 +379,11 @@ def cmd_rag(args: argparse.Namespace) -> int:
         print(
             json.dumps(tune(args.index, args.questions, args.out, args.set, args.holdout, args.unanswerable), indent=2)
         )
+        return 0
+    if args.rag_command == "fit-abstention":
+        from nlptasks.rag.tune import refit_abstention
+
+        print(json.dumps(refit_abstention(args.index, args.prompts, args.set), indent=2))
         return 0
     pipeline = rag.RagPipeline(args.index, args.set)
     if args.rag_command == "search":

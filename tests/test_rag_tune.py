@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,9 @@ from nlptasks.errors import DataError, UserInputError
 from nlptasks.grounded import NOT_FOUND, grounded_scores, holds_answer
 from nlptasks.rag import RagPipeline, RagSettings, build_index
 from nlptasks.rag.documents import Document
-from nlptasks.rag.generate import DecoderGenerator
-from nlptasks.rag.tune import read_questions, tune
+from nlptasks.rag.generate import DecoderGenerator, not_found
+from nlptasks.rag.tune import best_threshold, read_questions, tune
+from nlptasks.recipe import GenerationSettings
 from tests.test_rag import hits_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -90,12 +92,14 @@ def test_tune_trains_both_models_and_writes_an_index_that_answers_with_them(inde
     assert (report["train_questions"], report["held_out_questions"], report["questions_without_gold"]) == (9, 3, 0)
     assert set(report["retrieval_before"]) == set(report["retrieval_after"]) == {"recall@1", "recall@5", "recall@10"}
     assert {"f1", "answered"} <= set(report["generator_held_out"])
+    assert report["abstention"]["prompts"] == 3 and 0 < report["abstention"]["abstain_threshold"] <= 1
     assert json.loads((out / "tune.json").read_text()) == report
 
     saved = yaml.safe_load((out / "index" / "rag.yaml").read_text())["rag"]
     assert saved["encoder"] == str((out / "retriever").resolve())
     assert saved["generator"] == str((out / "generator").resolve())
     assert saved["chunk_tokens"] == 24  # built as the source index was: the same chunks
+    assert saved["abstain_threshold"] == report["abstention"]["abstain_threshold"]
     source, tuned = RagPipeline(index), RagPipeline(out / "index")
     assert [c.text for c in tuned.index.chunks.values()] == [c.text for c in source.index.chunks.values()]
     assert isinstance(tuned.generator, DecoderGenerator)
@@ -179,6 +183,103 @@ def test_rag_answer_prompts_are_the_rag_generators_and_only_the_answer_is_learnt
     assert features[0]["labels"] == [-100] * len(prompt) + target
     with pytest.raises(Exception, match="rag-answer fine-tunes the chat decoder"):
         RagAnswer(RagAnswer.Options(), max_length=160, stride=0).use_model_family("encoder")
+
+
+def test_the_abstention_threshold_scores_held_out_prompts_as_squad_2_by_hand() -> None:
+    # two prompts hold the answer (answered, F1 1.0 and 0.5), two lack it; candidates lie halfway between
+    # the probabilities seen: abstaining from 0.6 up answers both that hold it and abstains on both that lack it
+    fit = best_threshold([0.1, 0.4, 0.8, 0.9], [False, False, True, True], [1.0, 0.5, 0.0, 0.0])
+    assert fit == {
+        "abstain_threshold": pytest.approx(0.6),
+        "held_out_score": 0.875,
+        "answered_where_held": 1.0,
+        "abstained_where_lacking": 1.0,
+    }
+    # an unsure right answer (p 0.8) is worth less than the abstention it would cost where the answer is lacking
+    fit = best_threshold([0.1, 0.8, 0.7], [False, False, True], [1.0, 0.4, 0.0])
+    assert fit["abstain_threshold"] == pytest.approx(0.4) and fit["held_out_score"] == pytest.approx(2 / 3)
+    assert best_threshold([0.2, 0.3], [False, False], [1.0, 1.0])["abstain_threshold"] == 1.0  # never abstains
+
+
+def swapped_first_reply(tiny_llama: Path, folder: Path, generator: DecoderGenerator, prompt: list[int]) -> Path:
+    """A copy of the tiny model whose greedy reply to `prompt` starts with NOT_FOUND's first token."""
+    import torch
+
+    first = int(generator.model(torch.tensor([prompt])).logits[0, -1].argmax())
+    model = type(generator.model).from_pretrained(tiny_llama)
+    rows = model.lm_head.weight.data
+    barred = generator.abstention[0]
+    rows[[first, barred]] = rows[[barred, first]]
+    model.save_pretrained(folder)
+    generator.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_threshold_decides_abstention_from_the_replys_probability_and_bars_it_otherwise(
+    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    monkeypatch.setenv("NLPTASKS_CACHE", str(tmp_path / "cache"))
+    settings = RagSettings(generator=str(tiny_llama), max_context_tokens=160, generation={"max_new_tokens": 6})
+    passages = hits_for("The tower is 330 metres tall.", "Everest is high.")
+    prompt, _ = DecoderGenerator(settings).prompt("How tall is the tower?", passages)
+    model = swapped_first_reply(tiny_llama, tmp_path / "model", DecoderGenerator(settings), prompt)
+    greedy = DecoderGenerator(settings.model_copy(update={"generator": str(model)}))
+    assert greedy.reply(prompt).startswith("The")
+
+    by_hand, ids = 0.0, list(prompt)
+    with torch.inference_mode():
+        for token in greedy.abstention:  # one step at a time, as decoding would take them
+            by_hand += float(greedy.model(torch.tensor([ids])).logits[0, -1].log_softmax(-1)[token])
+            ids.append(token)
+    engines = {}
+    for engine in ("transformers", "ctranslate2"):
+        barring = settings.model_copy(
+            update={
+                "generator": str(model),
+                "abstain_threshold": 1.0,
+                "generation": GenerationSettings(engine=engine, max_new_tokens=6),
+            }
+        )
+        generator = DecoderGenerator(barring)
+        probability = generator.abstention_probability(prompt)
+        assert probability == pytest.approx(math.exp(by_hand), rel=1e-4)
+        engines[engine] = generator.reply(prompt)
+        assert not engines[engine].startswith("The")  # barred: the reply cannot begin as NOT_FOUND does
+        answer = generator.answer("How tall is the tower?", passages)
+        assert answer["abstention_probability"] == pytest.approx(probability)
+        generator.abstain_threshold = probability
+        assert generator.answer("How tall is the tower?", passages) == {
+            **not_found(),
+            "abstention_probability": probability,
+        }
+    assert engines["transformers"] == engines["ctranslate2"]
+
+
+def test_cli_fits_the_abstention_threshold_again_and_refuses_bad_prompt_rows(
+    index: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from nlptasks.cli import main
+
+    passages = [ARTICLES["tower"], ARTICLES["river"]]
+    rows = [
+        {"question": "How tall is the Eiffel Tower?", "passages": passages, "answer": "330 metres [1]"},
+        {"question": "How high is Mount Everest?", "passages": passages[1:], "answer": NOT_FOUND},
+    ]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert main(["rag", "fit-abstention", "--index", str(index), "--prompts", str(prompts), "--set", "top_k=2"]) == 0
+    fit = json.loads(capsys.readouterr().out)
+    saved = yaml.safe_load((index / "rag.yaml").read_text())["rag"]
+    assert fit["prompts"] == 2 and (saved["abstain_threshold"], saved["top_k"]) == (fit["abstain_threshold"], 2)
+
+    prompts.write_text(json.dumps(rows[0]) + "\n" + json.dumps({**rows[1], "passages": []}) + "\n")
+    assert main(["rag", "fit-abstention", "--index", str(index), "--prompts", str(prompts)]) == 2
+    assert f"{prompts}:2: field 'passages' must be a non-empty list" in capsys.readouterr().err
+    assert yaml.safe_load((index / "rag.yaml").read_text())["rag"] == saved  # nothing written
+    assert main(["rag", "fit-abstention", "--index", str(index)]) == 2
+    assert "generator-validation.jsonl" in capsys.readouterr().err
 
 
 def test_cli_tune_names_a_missing_questions_file(index: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -187,6 +187,8 @@ class CTranslate2Model:
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Generated ids in `generate`'s layout: after the decoder start token, or after the (left-padded) prompts."""
         options = decoding_options(self.generation_config, self.config.is_encoder_decoder)
+        if self.generation_config.suppress_tokens:  # never generated anywhere, as transformers' suppress_tokens
+            options["suppress_sequences"] = [[self.vocabulary[i]] for i in self.generation_config.suppress_tokens]
         inputs = [
             [self.vocabulary[i] for i in ids[mask.bool()].tolist()] for ids, mask in zip(input_ids, attention_mask)
         ]
@@ -202,6 +204,11 @@ class CTranslate2Model:
             inputs, max_batch_size=per_batch, include_prompt_in_result=False, **options
         )
         return torch.cat([input_ids, self._padded([result.sequences_ids[0] for result in results])], dim=1)
+
+    def log_prob(self, prompt: list[int], reply: list[int]) -> float:
+        """Log-probability of `reply` after `prompt` (a decoder's; see `models.generation.reply_log_prob`)."""
+        scored = self.engine.score_batch([[self.vocabulary[i] for i in prompt + reply]], max_input_length=0)
+        return float(sum(scored[0].log_probs[-len(reply) :]))
 
     def _padded(self, sequences: list[list[int]]) -> torch.Tensor:
         padded = torch.full(

@@ -92,6 +92,17 @@ def generate_ids(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torc
     return model.generate(**prompts, **_ngram_blocking_after(model, width))[:, width:]
 
 
+@torch.inference_mode()
+def reply_log_prob(model: Any, prompt: list[int], reply: list[int]) -> float:
+    """Log-probability that a decoder answers `prompt` with exactly `reply` (its end token included),
+    scored by the engine that decodes (a transformers model, or `CTranslate2Model`)."""
+    if isinstance(model, CTranslate2Model):
+        return model.log_prob(prompt, reply)
+    ids = torch.tensor([prompt + reply], device=model.device)
+    logits = model(input_ids=ids, logits_to_keep=len(reply) + 1).logits[0, :-1].float()
+    return float(logits.log_softmax(-1).gather(1, ids[0, len(prompt) :, None]).sum())
+
+
 def _ngram_blocking_after(model: Any, prompt_width: int) -> dict[str, Any]:
     """`no_repeat_ngram_size` over the generated tokens only, as CTranslate2 and encoder-decoders apply it.
 

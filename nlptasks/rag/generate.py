@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,6 +15,7 @@ from nlptasks.grounded import CITATION, NOT_FOUND, RULES, cited, passage_prompt,
 from nlptasks.metrics.squad import normalize_answer
 from nlptasks.rag.retrieve import Hit
 from nlptasks.rag.settings import RagSettings
+from nlptasks.tasks.seq2seq import end_of_sequence
 
 
 class Generator(Protocol):
@@ -76,29 +78,51 @@ class DecoderGenerator:
         self.generator = generator(self.model, self.tokenizer, settings.generation, cache, batches_in_parallel=False)
         self.frame = prompt_frame(self.tokenizer, rules)
         self.budget = prompt_budget(settings, self.model.config)
+        self.abstain_threshold = settings.abstain_threshold
+        self.abstention = self.tokenizer(NOT_FOUND, add_special_tokens=False)["input_ids"]
+        self.abstention.append(end_of_sequence(self.tokenizer))
+        if self.abstain_threshold is not None:  # abstaining is decided by the threshold alone
+            self.generator.generation_config.suppress_tokens = [self.abstention[0]]
 
     def prompt(self, question: str, hits: list[Hit]) -> tuple[list[int], list[Hit]]:
         """Prompt ids with as many passages (best first) as fit beside the whole question, and those passages."""
-        texts = [hit.chunk.text for hit in hits]
-        ids, used = passage_prompt(self.tokenizer, self.frame, question, texts, self.budget)
+        ids, used = self.text_prompt(question, [hit.chunk.text for hit in hits])
         return ids, hits[:used]
 
+    def text_prompt(self, question: str, passages: list[str]) -> tuple[list[int], int]:
+        """Prompt ids with as many `passages` (in order) as fit beside the whole question, and how many went in."""
+        return passage_prompt(self.tokenizer, self.frame, question, passages, self.budget)
+
+    def abstention_probability(self, ids: list[int]) -> float:
+        """The probability the model gives the exact NOT_FOUND reply to the prompt `ids`."""
+        from nlptasks.models.generation import reply_log_prob
+
+        return math.exp(reply_log_prob(self.generator, ids, self.abstention))
+
     @torch.inference_mode()
+    def reply(self, ids: list[int]) -> str:
+        """The decoded reply to the prompt `ids` (with an `abstain_threshold`, never starting as NOT_FOUND does)."""
+        from nlptasks.models.generation import generate_ids
+
+        batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+        batch = {key: value.to(self.model.device) for key, value in batch.items()}
+        return self.tokenizer.decode(generate_ids(self.generator, batch)[0], skip_special_tokens=True).strip()
+
     def answer(self, question: str, hits: list[Hit]) -> dict[str, Any]:
         if not hits:
             return not_found()
-        from nlptasks.models.generation import generate_ids
-
         ids, used = self.prompt(question, hits)
-        batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
-        batch = {key: value.to(self.model.device) for key, value in batch.items()}
-        text = self.tokenizer.decode(generate_ids(self.generator, batch)[0], skip_special_tokens=True).strip()
+        scored = {}
+        if self.abstain_threshold is not None:
+            scored["abstention_probability"] = self.abstention_probability(ids)
+            if scored["abstention_probability"] >= self.abstain_threshold:
+                return not_found() | scored
+        text = self.reply(ids)
         if says_not_found(text):
-            return not_found()
+            return not_found() | scored
         numbers = cited(text, len(used))
-        if numbers:
-            return {"answer": text, "found": True, "citations": [citation(n, used[n - 1]) for n in numbers]}
-        return {"answer": text, "found": True, "citations": attributed(text, used)}
+        citations = [citation(n, used[n - 1]) for n in numbers] if numbers else attributed(text, used)
+        return {"answer": text, "found": True, **scored, "citations": citations}
 
 
 def attributed(answer: str, hits: list[Hit]) -> list[dict[str, Any]]:

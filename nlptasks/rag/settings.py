@@ -59,6 +59,10 @@ class RagSettings(Section):
     """Prompt budget of the decoder (capped by its context length); chunks beyond it are cut, never the question."""
     reader_min_score: float | None = None
     """Extractive reader: answer "not found" when the best span's start+end logit is below this."""
+    abstain_threshold: float | None = Field(default=None, gt=0, le=1)
+    """Decoder generator: reply NOT_FOUND when the model gives that exact reply at least this probability
+    (scored before decoding), else decode an answer with the reply's first token barred. Unset: whichever
+    greedy decoding reaches. `rag tune` fits it on its held-out prompts."""
     generation: GenerationSettings = GenerationSettings(max_new_tokens=128)
 
     @model_validator(mode="after")

@@ -14,7 +14,8 @@ holding an answer first). Then, in `--out`:
     generator/             a rag-answer run (recipe rag/_generator) of the index's decoder on prompts
                            of the tuned retriever's passages, taught to answer `text [n]`; for a share
                            of the questions (`unanswerable`) every passage holding the answer is left
-                           out and the target is NOT_FOUND, so it learns to abstain
+                           out and the target is NOT_FOUND, so it learns to abstain. Its held-out
+                           prompts then fit `abstain_threshold` (`fit_abstention`)
     tune.json              the held-out questions' retrieval before and after, the generator's scores
 
 `index/rag.yaml` names both runs, so `rag ask|eval|serve --index OUT/index` uses them. Held-out
@@ -23,22 +24,30 @@ questions (`holdout`) train neither model.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nlptasks.errors import DataError, RecipeError, UserInputError
-from nlptasks.grounded import NOT_FOUND, holds_answer, passage_prompt
+from nlptasks.grounded import NOT_FOUND, answer_text, holds_answer, passage_prompt
+from nlptasks.metrics.squad import answer_scores
 from nlptasks.rag.documents import embedding_text
 from nlptasks.rag.pipeline import RagPipeline, reembedded_index
 from nlptasks.rag.retrieve import Hit
-from nlptasks.rag.store import save_settings
+from nlptasks.rag.settings import RagSettings, settings_of_index
+from nlptasks.rag.store import save_settings, saved_settings
 from nlptasks.recipe import Recipe, load_recipe, parse_overrides
 
 SHINGLE_WORDS = 5
+FIT_PROMPTS = 200
+"""Held-out prompts `fit_abstention` reads at most: each is scored once, and decoded once if it holds the answer."""
 RECALL_AT = (1, 5, 10)
 NEGATIVE_CANDIDATES = 10
 
@@ -170,9 +179,81 @@ def tune(
     report["generator_run"] = str(result.run_dir)
     report["generator_held_out"] = result.metrics.get("validation", {})
     final = tuned.settings.model_copy(update={"generator": str(generator.run_dir.resolve())})
+    if generator.data.validation_file:
+        report["abstention"] = fit_abstention(final, Path(generator.data.validation_file))
+        final = final.model_copy(update={"abstain_threshold": report["abstention"]["abstain_threshold"]})
     save_settings(out / "index", final)
     (out / "tune.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def fit_abstention(settings: RagSettings, prompts_file: Path, limit: int = FIT_PROMPTS) -> dict[str, Any]:
+    """The `abstain_threshold` that scores best on held-out rag-answer prompts (`question`, `passages`,
+    `answer`, `answers`), each scored as SQuAD 2.0 scores: 1 for abstaining where the passages lack the
+    answer (target NOT_FOUND), the answer's F1 where they hold it. The share of prompts lacking the
+    answer (`rag tune --unanswerable`) thus sets how cautious the threshold is."""
+    from nlptasks.rag.generate import DecoderGenerator, load_generator
+
+    generator = load_generator(settings.model_copy(update={"abstain_threshold": 1.0}))
+    if not isinstance(generator, DecoderGenerator):
+        raise RecipeError(f"rag.generator: {settings.generator} is an extractive reader; it has no NOT_FOUND reply")
+    probabilities, lacking, f1 = [], [], []
+    for row in _prompt_rows(prompts_file, limit):
+        ids, _ = generator.text_prompt(row["question"], row["passages"])
+        probabilities.append(generator.abstention_probability(ids))
+        lacking.append(row["answer"] == NOT_FOUND)
+        f1.append(0.0 if lacking[-1] else answer_scores(answer_text(generator.reply(ids)), row["answers"])[1])
+    if not probabilities:
+        raise DataError(f"--prompts {prompts_file}: no rows to fit the abstention threshold on")
+    return {**best_threshold(probabilities, lacking, f1), "prompts": len(probabilities)}
+
+
+def _prompt_rows(path: Path, limit: int) -> Iterator[dict[str, Any]]:
+    """The first `limit` rag-answer rows of `path`, checked as the task checks them; each needs its `answer`."""
+    from nlptasks.data import read_rows
+    from nlptasks.tasks.rag_answer import RagAnswer
+
+    for where, raw in itertools.islice(read_rows(path), limit):
+        try:
+            row = RagAnswer.check_row(raw, None)
+        except ValueError as err:
+            raise DataError(f"{where}: {err}") from None
+        if row["answer"] is None:
+            raise DataError(f"{where}: field 'answer' is missing: the reply the prompt should get (or {NOT_FOUND!r})")
+        yield row | {"answers": row["answers"] or [answer_text(row["answer"])]}
+
+
+def refit_abstention(
+    index_dir: str | Path, prompts_file: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """`fit_abstention` again for a tuned index, under its settings with `overrides` (a new prompt budget or
+    engine changes the probabilities), which are saved with the new threshold. `prompts_file` defaults to
+    the held-out prompts `rag tune` wrote beside the index (`OUT/data/generator-validation.jsonl`)."""
+    folder = Path(index_dir)
+    prompts = Path(prompts_file) if prompts_file else folder.parent / "data" / "generator-validation.jsonl"
+    if not prompts.is_file():
+        raise UserInputError(f"--prompts: file not found: {prompts} (rag-answer rows: question, passages, answer)")
+    settings = settings_of_index(saved_settings(folder), overrides)
+    fit = fit_abstention(settings, prompts)
+    save_settings(folder, settings.model_copy(update={"abstain_threshold": fit["abstain_threshold"]}))
+    return fit
+
+
+def best_threshold(probabilities: list[float], lacking: list[bool], f1: list[float]) -> dict[str, Any]:
+    """The threshold on the abstention probability with the best mean score (see `fit_abstention`); each
+    candidate lies halfway between two probabilities seen, so the data does not sit on the boundary."""
+    p, lack, f1_ = np.asarray(probabilities), np.asarray(lacking, dtype=bool), np.asarray(f1)
+    seen = np.unique(p)
+    candidates = np.concatenate([[seen[0] / 2], (seen[:-1] + seen[1:]) / 2, [1.0]])
+    abstains = p[None, :] >= candidates[:, None]
+    scores = np.where(lack, abstains, np.where(abstains, 0.0, f1_)).mean(axis=1)
+    best = int(np.argmax(scores))
+    return {
+        "abstain_threshold": float(candidates[best]),
+        "held_out_score": float(scores[best]),
+        "answered_where_held": float((~abstains[best][~lack]).mean()) if (~lack).any() else None,
+        "abstained_where_lacking": float(abstains[best][lack].mean()) if lack.any() else None,
+    }
 
 
 def _split_overrides(overrides: list[str] | dict[str, Any] | None) -> tuple[dict[str, dict[str, Any]], dict]:

@@ -108,7 +108,7 @@ class Seq2SeqTask(Task):
 
     def featurize(self, examples: datasets.Dataset, tokenizer: Any, label2id: dict[str, int]) -> datasets.Dataset:
         encode_sources = self.input_encoder(tokenizer)
-        end = _end_of_sequence(tokenizer)
+        end = end_of_sequence(tokenizer)
         room = self.options.max_target_length - 1
 
         def encode(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
@@ -195,7 +195,8 @@ def unpadded(sequences: list[list[int]]) -> dict[str, list]:
     return {"input_ids": sequences, "attention_mask": [[1] * len(ids) for ids in sequences]}
 
 
-def _end_of_sequence(tokenizer: Any) -> int:
+def end_of_sequence(tokenizer: Any) -> int:
+    """The token every target ends with, so a decoder learns where its answer stops."""
     if tokenizer.eos_token_id is None:
         raise UserInputError(
             f"model: the tokenizer ({type(tokenizer).__name__}) has no end-of-sequence token to end targets with"
