@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -86,7 +87,9 @@ TUNE_SETTINGS = [
 
 
 @pytest.mark.slow
-def test_tune_trains_both_models_and_writes_an_index_that_answers_with_them(index: Path, tmp_path: Path) -> None:
+def test_tune_trains_both_models_and_writes_an_index_that_answers_with_them(
+    index: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     out = tmp_path / "tuned"
     report = tune(index, questions_file(tmp_path / "q.jsonl", "context"), out, TUNE_SETTINGS, holdout=0.25)
     assert (report["train_questions"], report["held_out_questions"], report["questions_without_gold"]) == (9, 3, 0)
@@ -104,6 +107,10 @@ def test_tune_trains_both_models_and_writes_an_index_that_answers_with_them(inde
     assert [c.text for c in tuned.index.chunks.values()] == [c.text for c in source.index.chunks.values()]
     assert isinstance(tuned.generator, DecoderGenerator)
     assert tuned.ask("How tall is the Eiffel Tower?")["passages"]
+    with caplog.at_level(logging.WARNING, logger="nlptasks"):
+        assert RagPipeline(out / "index", ["max_context_tokens=128"]).generator.budget == 128
+    assert "trained on prompts of up to 160 tokens and is asked with 128" in caplog.text
+    assert "`rag fit-abstention` fits it again" in caplog.text
 
     asked = {row["text"] for row in jsonl(out / "data" / "retriever-train.jsonl")}
     for row in jsonl(out / "data" / "retriever-train.jsonl"):

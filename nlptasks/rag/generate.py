@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from functools import partial
 from pathlib import Path
@@ -16,6 +17,8 @@ from nlptasks.metrics.squad import normalize_answer
 from nlptasks.rag.retrieve import Hit
 from nlptasks.rag.settings import RagSettings
 from nlptasks.tasks.seq2seq import end_of_sequence
+
+log = logging.getLogger("nlptasks")
 
 
 class Generator(Protocol):
@@ -35,9 +38,19 @@ def load_generator(settings: RagSettings) -> Generator:
     from nlptasks.recipe import load_recipe
 
     recipe = load_recipe(run.recipe)
-    if recipe.task == "rag-answer":
-        return DecoderGenerator(settings, str(run.model), recipe.task_args.get("prefix", RULES))
-    return ExtractiveReader(run.root, settings)
+    if recipe.task != "rag-answer":
+        return ExtractiveReader(run.root, settings)
+    generator = DecoderGenerator(settings, str(run.model), recipe.task_args.get("prefix", RULES))
+    if generator.budget != recipe.data.max_length:
+        log.warning(
+            "rag.max_context_tokens: the generator was trained on prompts of up to %d tokens and is asked with %d%s",
+            recipe.data.max_length,
+            generator.budget,
+            "; its abstain_threshold was fitted at the former (`rag fit-abstention` fits it again)"
+            if settings.abstain_threshold is not None
+            else "",
+        )
+    return generator
 
 
 def not_found() -> dict[str, Any]:
