@@ -222,25 +222,31 @@ def swapped_first_reply(tiny_llama: Path, folder: Path, generator: DecoderGenera
     return folder
 
 
-def test_a_threshold_decides_abstention_from_the_replys_probability_and_bars_it_otherwise(
-    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def log_prob_by_hand(model: object, prompt: list[int], reply: list[int]) -> float:
+    """One decoding step at a time, as generation takes them."""
     import torch
 
+    total, ids = 0.0, list(prompt)
+    with torch.inference_mode():
+        for token in reply:
+            total += float(model(torch.tensor([ids])).logits[0, -1].log_softmax(-1)[token])
+            ids.append(token)
+    return total
+
+
+def test_abstention_is_decided_on_the_calibrated_probability_and_the_answer_cannot_begin_as_not_found(
+    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("NLPTASKS_CACHE", str(tmp_path / "cache"))
     settings = RagSettings(generator=str(tiny_llama), max_context_tokens=160, generation={"max_new_tokens": 6})
     passages = hits_for("The tower is 330 metres tall.", "Everest is high.")
     prompt, _ = DecoderGenerator(settings).prompt("How tall is the tower?", passages)
     model = swapped_first_reply(tiny_llama, tmp_path / "model", DecoderGenerator(settings), prompt)
     greedy = DecoderGenerator(settings.model_copy(update={"generator": str(model)}))
-    assert greedy.reply(prompt).startswith("The")
+    assert greedy.text(greedy.reply(prompt)).startswith("The")
+    not_found_by_hand = log_prob_by_hand(greedy.model, prompt, greedy.abstention)
 
-    by_hand, ids = 0.0, list(prompt)
-    with torch.inference_mode():
-        for token in greedy.abstention:  # one step at a time, as decoding would take them
-            by_hand += float(greedy.model(torch.tensor([ids])).logits[0, -1].log_softmax(-1)[token])
-            ids.append(token)
-    engines = {}
+    replies = {}
     for engine in ("transformers", "ctranslate2"):
         barring = settings.model_copy(
             update={
@@ -250,18 +256,24 @@ def test_a_threshold_decides_abstention_from_the_replys_probability_and_bars_it_
             }
         )
         generator = DecoderGenerator(barring)
-        probability = generator.abstention_probability(prompt)
-        assert probability == pytest.approx(math.exp(by_hand), rel=1e-4)
-        engines[engine] = generator.reply(prompt)
-        assert not engines[engine].startswith("The")  # barred: the reply cannot begin as NOT_FOUND does
-        answer = generator.answer("How tall is the tower?", passages)
-        assert answer["abstention_probability"] == pytest.approx(probability)
+        reply = replies[engine] = generator.reply(prompt)
+        assert generator.abstention[0] not in reply  # barred anywhere: the answer cannot begin as NOT_FOUND does
+        features = generator.abstention_features(prompt, reply)
+        by_hand = (not_found_by_hand, log_prob_by_hand(greedy.model, prompt, reply) / len(reply))
+        assert features == pytest.approx(by_hand, rel=1e-4)
+        probability = generator.abstention_probability(prompt, reply)
+        assert probability == pytest.approx(math.exp(not_found_by_hand), rel=1e-4)  # uncalibrated
+        assert generator.answer("How tall is the tower?", passages)["abstention_probability"] == probability
+
+        generator.calibration = (1.0, 2.0, 0.5)
+        probability = generator.abstention_probability(prompt, reply)
+        assert probability == pytest.approx(1 / (1 + math.exp(-(by_hand[0] + 2 * by_hand[1] + 0.5))), rel=1e-4)
         generator.abstain_threshold = probability
         assert generator.answer("How tall is the tower?", passages) == {
             **not_found(),
             "abstention_probability": probability,
         }
-    assert engines["transformers"] == engines["ctranslate2"]
+    assert replies["transformers"] == replies["ctranslate2"]
 
 
 def test_cli_fits_the_abstention_threshold_again_and_refuses_bad_prompt_rows(
@@ -280,6 +292,7 @@ def test_cli_fits_the_abstention_threshold_again_and_refuses_bad_prompt_rows(
     fit = json.loads(capsys.readouterr().out)
     saved = yaml.safe_load((index / "rag.yaml").read_text())["rag"]
     assert fit["prompts"] == 2 and (saved["abstain_threshold"], saved["top_k"]) == (fit["abstain_threshold"], 2)
+    assert saved["abstention_calibration"] == fit["abstention_calibration"]
 
     prompts.write_text(json.dumps(rows[0]) + "\n" + json.dumps({**rows[1], "passages": []}) + "\n")
     assert main(["rag", "fit-abstention", "--index", str(index), "--prompts", str(prompts)]) == 2

@@ -92,6 +92,7 @@ class DecoderGenerator:
         self.frame = prompt_frame(self.tokenizer, rules)
         self.budget = prompt_budget(settings, self.model.config)
         self.abstain_threshold = settings.abstain_threshold
+        self.calibration = settings.abstention_calibration
         self.abstention = self.tokenizer(NOT_FOUND, add_special_tokens=False)["input_ids"]
         self.abstention.append(end_of_sequence(self.tokenizer))
         if self.abstain_threshold is not None:  # abstaining is decided by the threshold alone
@@ -106,36 +107,58 @@ class DecoderGenerator:
         """Prompt ids with as many `passages` (in order) as fit beside the whole question, and how many went in."""
         return passage_prompt(self.tokenizer, self.frame, question, passages, self.budget)
 
-    def abstention_probability(self, ids: list[int]) -> float:
-        """The probability the model gives the exact NOT_FOUND reply to the prompt `ids`."""
+    def abstention_features(self, ids: list[int], reply: list[int]) -> tuple[float, float]:
+        """log P(the NOT_FOUND reply) to the prompt `ids`, and the mean token log-probability of `reply`."""
         from nlptasks.models.generation import reply_log_prob
 
-        return math.exp(reply_log_prob(self.generator, ids, self.abstention))
+        answer = reply_log_prob(self.generator, ids, reply) / len(reply)
+        return reply_log_prob(self.generator, ids, self.abstention), answer
+
+    def abstention_probability(self, ids: list[int], reply: list[int]) -> float:
+        """How likely abstaining beats answering `reply` to the prompt `ids` (see `rag.abstention_calibration`)."""
+        from nlptasks.models.generation import reply_log_prob
+
+        if self.calibration is None:
+            return math.exp(reply_log_prob(self.generator, ids, self.abstention))
+        return calibrated(self.abstention_features(ids, reply), self.calibration)
 
     @torch.inference_mode()
-    def reply(self, ids: list[int]) -> str:
-        """The decoded reply to the prompt `ids` (with an `abstain_threshold`, never starting as NOT_FOUND does)."""
+    def reply(self, ids: list[int]) -> list[int]:
+        """The decoded reply's tokens to the prompt `ids`, its end token included where it ended
+        (with an `abstain_threshold`, never starting as NOT_FOUND does)."""
         from nlptasks.models.generation import generate_ids
 
         batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
         batch = {key: value.to(self.model.device) for key, value in batch.items()}
-        return self.tokenizer.decode(generate_ids(self.generator, batch)[0], skip_special_tokens=True).strip()
+        tokens = generate_ids(self.generator, batch)[0].tolist()
+        end = self.abstention[-1]
+        return tokens[: tokens.index(end) + 1] if end in tokens else tokens
+
+    def text(self, reply: list[int]) -> str:
+        return self.tokenizer.decode(reply, skip_special_tokens=True).strip()
 
     def answer(self, question: str, hits: list[Hit]) -> dict[str, Any]:
         if not hits:
             return not_found()
         ids, used = self.prompt(question, hits)
+        reply = self.reply(ids)
         scored = {}
         if self.abstain_threshold is not None:
-            scored["abstention_probability"] = self.abstention_probability(ids)
+            scored["abstention_probability"] = self.abstention_probability(ids, reply)
             if scored["abstention_probability"] >= self.abstain_threshold:
                 return not_found() | scored
-        text = self.reply(ids)
+        text = self.text(reply)
         if says_not_found(text):
             return not_found() | scored
         numbers = cited(text, len(used))
         citations = [citation(n, used[n - 1]) for n in numbers] if numbers else attributed(text, used)
         return {"answer": text, "found": True, **scored, "citations": citations}
+
+
+def calibrated(features: tuple[float, float], calibration: tuple[float, float, float]) -> float:
+    """sigmoid(a * log P(NOT_FOUND reply) + b * the answer's mean token log-probability + c)."""
+    (reply, answer), (a, b, c) = features, calibration
+    return 1 / (1 + math.exp(-(a * reply + b * answer + c)))
 
 
 def attributed(answer: str, hits: list[Hit]) -> list[dict[str, Any]]:

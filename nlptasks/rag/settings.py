@@ -60,9 +60,12 @@ class RagSettings(Section):
     reader_min_score: float | None = None
     """Extractive reader: answer "not found" when the best span's start+end logit is below this."""
     abstain_threshold: float | None = Field(default=None, gt=0, le=1)
-    """Decoder generator: reply NOT_FOUND when the model gives that exact reply at least this probability
-    (scored before decoding), else decode an answer with the reply's first token barred. Unset: whichever
-    greedy decoding reaches. `rag tune` fits it on its held-out prompts."""
+    """Decoder generator: answer NOT_FOUND when the answer's `abstention_probability` reaches this; the answer
+    itself is decoded with NOT_FOUND's first token barred. Unset: whichever greedy decoding reaches.
+    `rag tune` fits it on its held-out prompts."""
+    abstention_calibration: tuple[float, float, float] | None = None
+    """(a, b, c): `abstention_probability` is sigmoid(a * log P(the NOT_FOUND reply) + b * the decoded answer's
+    mean token log-probability + c), fitted by `rag tune`; unset: P(the NOT_FOUND reply) itself."""
     generation: GenerationSettings = GenerationSettings(max_new_tokens=128)
 
     @model_validator(mode="after")

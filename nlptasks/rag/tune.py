@@ -15,7 +15,7 @@ holding an answer first). Then, in `--out`:
                            of the tuned retriever's passages, taught to answer `text [n]`; for a share
                            of the questions (`unanswerable`) every passage holding the answer is left
                            out and the target is NOT_FOUND, so it learns to abstain. Its held-out
-                           prompts then fit `abstain_threshold` (`fit_abstention`)
+                           prompts then fit when it abstains (`fit_abstention`)
     tune.json              the held-out questions' retrieval before and after, the generator's scores
 
 `index/rag.yaml` names both runs, so `rag ask|eval|serve --index OUT/index` uses them. Held-out
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 from collections import Counter
 from collections.abc import Iterator
@@ -181,31 +182,51 @@ def tune(
     final = tuned.settings.model_copy(update={"generator": str(generator.run_dir.resolve())})
     if generator.data.validation_file:
         report["abstention"] = fit_abstention(final, Path(generator.data.validation_file))
-        final = final.model_copy(update={"abstain_threshold": report["abstention"]["abstain_threshold"]})
+        final = _with_abstention(final, report["abstention"])
     save_settings(out / "index", final)
     (out / "tune.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
 def fit_abstention(settings: RagSettings, prompts_file: Path, limit: int = FIT_PROMPTS) -> dict[str, Any]:
-    """The `abstain_threshold` that scores best on held-out rag-answer prompts (`question`, `passages`,
-    `answer`, `answers`), each scored as SQuAD 2.0 scores: 1 for abstaining where the passages lack the
-    answer (target NOT_FOUND), the answer's F1 where they hold it. The share of prompts lacking the
-    answer (`rag tune --unanswerable`) thus sets how cautious the threshold is."""
-    from nlptasks.rag.generate import DecoderGenerator, load_generator
+    """`abstention_calibration` and `abstain_threshold` fitted on held-out rag-answer prompts (`question`,
+    `passages`, `answer`, `answers`), each decoded once with NOT_FOUND barred.
+
+    The calibration is a logistic regression from the two features of `DecoderGenerator.abstention_features`
+    to whether abstaining does at least as well as the answer (the passages lack the answer, or the answer's
+    F1 is below 0.5). The threshold on its probability is the one that scores best as SQuAD 2.0 scores: 1 for
+    abstaining where the passages lack the answer (target NOT_FOUND), the answer's F1 where they hold it. The
+    share of prompts lacking the answer (`rag tune --unanswerable`) thus sets how cautious the threshold is.
+    """
+    from nlptasks.rag.generate import DecoderGenerator, calibrated, load_generator
 
     generator = load_generator(settings.model_copy(update={"abstain_threshold": 1.0}))
     if not isinstance(generator, DecoderGenerator):
         raise RecipeError(f"rag.generator: {settings.generator} is an extractive reader; it has no NOT_FOUND reply")
-    probabilities, lacking, f1 = [], [], []
+    features, lacking, f1 = [], [], []
     for row in _prompt_rows(prompts_file, limit):
         ids, _ = generator.text_prompt(row["question"], row["passages"])
-        probabilities.append(generator.abstention_probability(ids))
+        reply = generator.reply(ids)
+        features.append(generator.abstention_features(ids, reply))
         lacking.append(row["answer"] == NOT_FOUND)
-        f1.append(0.0 if lacking[-1] else answer_scores(answer_text(generator.reply(ids)), row["answers"])[1])
-    if not probabilities:
+        f1.append(0.0 if lacking[-1] else answer_scores(answer_text(generator.text(reply)), row["answers"])[1])
+    if not features:
         raise DataError(f"--prompts {prompts_file}: no rows to fit the abstention threshold on")
-    return {**best_threshold(probabilities, lacking, f1), "prompts": len(probabilities)}
+    calibration = _calibration(features, [lack or score < 0.5 for lack, score in zip(lacking, f1)])
+    probabilities = [calibrated(x, calibration) if calibration else math.exp(x[0]) for x in features]
+    fit = best_threshold(probabilities, lacking, f1)
+    return {**fit, "abstention_calibration": calibration, "prompts": len(features)}
+
+
+def _calibration(features: list[tuple[float, float]], abstain: list[bool]) -> tuple[float, float, float] | None:
+    """(a, b, c) of a logistic regression from the features to `abstain`; None when every row says the same."""
+    from sklearn.linear_model import LogisticRegression
+
+    if len(set(abstain)) < 2:
+        return None
+    regression = LogisticRegression().fit(np.asarray(features), np.asarray(abstain))
+    a, b = regression.coef_[0]
+    return float(a), float(b), float(regression.intercept_[0])
 
 
 def _prompt_rows(path: Path, limit: int) -> Iterator[dict[str, Any]]:
@@ -235,8 +256,13 @@ def refit_abstention(
         raise UserInputError(f"--prompts: file not found: {prompts} (rag-answer rows: question, passages, answer)")
     settings = settings_of_index(saved_settings(folder), overrides)
     fit = fit_abstention(settings, prompts)
-    save_settings(folder, settings.model_copy(update={"abstain_threshold": fit["abstain_threshold"]}))
+    save_settings(folder, _with_abstention(settings, fit))
     return fit
+
+
+def _with_abstention(settings: RagSettings, fit: dict[str, Any]) -> RagSettings:
+    """`settings` with the abstention `fit_abstention` fitted."""
+    return settings.model_copy(update={key: fit[key] for key in ("abstain_threshold", "abstention_calibration")})
 
 
 def best_threshold(probabilities: list[float], lacking: list[bool], f1: list[float]) -> dict[str, Any]:
