@@ -18,7 +18,8 @@ the training split, vocabularies and model sizes are the full run's), except tha
   settings (the whole pass is the cost the benchmark cannot pay for every recipe). What a full pass adds
   beyond it is the generated ids the Trainer gathers, a few hundred KB. Other tasks score their splits
   whole, since what the Trainer gathers there (logits, and whatever else the model returns) grows with
-  the split;
+  the split; `--cut-evaluation` cuts theirs too (for a model too slow to score a split whole here), and
+  the row then gives what the whole split's gathered outputs would add, from the cut pass's own;
 - a recipe that scores validation during training does so once, after the last step, then saves its
   checkpoint and loads the best one back, as a full run does at each evaluation and at its end.
 
@@ -77,6 +78,10 @@ class PhaseSampler(threading.Thread):
         super().__init__(daemon=True)
         self.main = threading.main_thread().ident
         self.shape = ""
+        self.gathered_bytes = 0
+        """What evaluation's forward passes returned for the Trainer to gather (logits and the like)."""
+        self.cut: dict[str, tuple[int, int]] = {}
+        """`--cut-evaluation`: each evaluated split's examples kept, and its examples in all."""
         self.peak_kb = 0
         self.where = "start-up"
 
@@ -150,25 +155,36 @@ def longest_first(sampler: PhaseSampler) -> None:
 
         return noted
 
+    def gathering(method: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            loss, outputs, labels = method(*args, **kwargs)
+            parts = outputs if isinstance(outputs, tuple | list) else [outputs]
+            sampler.gathered_bytes += sum(part.nbytes for part in parts if isinstance(part, torch.Tensor))
+            return loss, outputs, labels
+
+        return counted
+
     TaskTrainer._get_train_sampler = sampler_of
     TaskTrainer.training_step = noting(TaskTrainer.training_step)
-    TaskTrainer.prediction_step = noting(TaskTrainer.prediction_step)
+    TaskTrainer.prediction_step = gathering(noting(TaskTrainer.prediction_step))
 
 
-def longest_evaluation_examples() -> None:
-    """A generating task's evaluated splits cut to their `eval_batch_size` longest examples; train untouched."""
+def longest_evaluation_examples(sampler: PhaseSampler) -> None:
+    """A generating task's evaluated splits (every task's with `--cut-evaluation`) cut to their
+    `eval_batch_size` longest examples; train untouched."""
     from nlptasks.training import core
 
     loader = core.load_splits
 
     def longest(config: Any, task: Any, *args: Any, **kwargs: Any) -> Any:
         splits = loader(config, task, *args, **kwargs)
-        if not task.generates:
+        if not task.generates and not os.environ.get("RECIPE_MEMORY_CUT_EVALUATION"):
             return splits
         keep = int(os.environ["RECIPE_MEMORY_EVAL_EXAMPLES"])
         for name in [name for name in splits if name != "train"]:
             sizes = [len(json.dumps(row, ensure_ascii=False)) for row in splits[name]]
             order = sorted(range(len(sizes)), key=lambda i: -sizes[i])[:keep]
+            sampler.cut[name] = (len(order), len(sizes))
             splits[name] = splits[name].select(sorted(order))
         return splits
 
@@ -200,14 +216,25 @@ def child(name: str, steps: int) -> dict[str, Any]:
     sampler = PhaseSampler()
     sampler.start()
     longest_first(sampler)
-    longest_evaluation_examples()
+    longest_evaluation_examples(sampler)
     with tempfile.TemporaryDirectory() as folder:
         if name.startswith("rag/"):
             measure_rag_recipe(name, Path(folder))
         else:
             measure_training_recipe(name, steps, Path(folder) / "run")
     time.sleep(2 * SAMPLE_SECONDS)
-    return {"where": sampler.where, "sampled_peak_mb": sampler.peak_kb / 1024}
+    return {"where": sampler.where + _whole_splits_would_add(sampler), "sampled_peak_mb": sampler.peak_kb / 1024}
+
+
+def _whole_splits_would_add(sampler: PhaseSampler) -> str:
+    """For `--cut-evaluation` of a task that does not generate: the gathered outputs of whole splits, at
+    most (the cut keeps the longest examples, which return the most per example)."""
+    if not os.environ.get("RECIPE_MEMORY_CUT_EVALUATION") or not sampler.cut or not sampler.gathered_bytes:
+        return ""
+    kept = sum(kept for kept, _ in sampler.cut.values())
+    whole = sum(total for _, total in sampler.cut.values())
+    extra = sampler.gathered_bytes / kept * (whole - kept)
+    return f"; evaluation cut to {kept} of {whole} examples: whole splits would gather ≤ {extra / 2**20:.0f} MB more"
 
 
 def shipped() -> list[str]:
@@ -237,7 +264,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="training steps on the longest batches")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--results", action="store_true", help="append the table to RESULTS.md")
+    parser.add_argument(
+        "--cut-evaluation", action="store_true", help="every task's evaluated splits to their longest eval batch"
+    )
     args = parser.parse_args()
+    if args.cut_evaluation:
+        os.environ["RECIPE_MEMORY_CUT_EVALUATION"] = "1"  # read by the child processes
     if args.child:
         print(json.dumps(child(args.child, args.steps)))
         return
@@ -247,7 +279,7 @@ def main() -> None:
         "",
         f"Machine: {machine()}. Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')} "
         "NLPTASKS_DATA_DIR=../shared/data .venv/bin/python benchmarks/recipe_memory.py "
-        f"--steps {args.steps} --results`.",
+        f"--steps {args.steps}{' --cut-evaluation' if args.cut_evaluation else ''} --results`.",
         "",
         "| recipe | peak RSS | where it peaks |",
         "|---|---|---|",
