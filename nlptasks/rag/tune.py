@@ -262,7 +262,8 @@ def refit_abstention(
 
 def _with_abstention(settings: RagSettings, fit: dict[str, Any]) -> RagSettings:
     """`settings` with the abstention `fit_abstention` fitted."""
-    return settings.model_copy(update={key: fit[key] for key in ("abstain_threshold", "abstention_calibration")})
+    fitted = {key: fit[key] for key in ("abstain_threshold", "abstention_calibration")}
+    return RagSettings.model_validate(settings.model_dump() | fitted)
 
 
 def best_threshold(probabilities: list[float], lacking: list[bool], f1: list[float]) -> dict[str, Any]:
