@@ -14,7 +14,7 @@ from nlptasks.errors import DataError, UserInputError
 from nlptasks.grounded import NOT_FOUND, grounded_scores, holds_answer
 from nlptasks.rag import RagPipeline, RagSettings, build_index
 from nlptasks.rag.documents import Document
-from nlptasks.rag.generate import DecoderGenerator, not_found
+from nlptasks.rag.generate import DecoderGenerator, calibrated, not_found
 from nlptasks.rag.tune import best_threshold, read_questions, tune
 from nlptasks.recipe import GenerationSettings
 from tests.test_rag import hits_for
@@ -206,6 +206,8 @@ def test_the_abstention_threshold_scores_held_out_prompts_as_squad_2_by_hand() -
     fit = best_threshold([0.1, 0.8, 0.7], [False, False, True], [1.0, 0.4, 0.0])
     assert fit["abstain_threshold"] == pytest.approx(0.4) and fit["held_out_score"] == pytest.approx(2 / 3)
     assert best_threshold([0.2, 0.3], [False, False], [1.0, 1.0])["abstain_threshold"] == 1.0  # never abstains
+    assert calibrated((-2000.0, -1.0), (1.0, 2.0, 0.5)) == 0.0 and calibrated((2000.0, 0.0), (1.0, 2.0, 0.5)) == 1.0
+    assert calibrated((math.log(0.5), -1.0), (1.0, 2.0, 0.5)) == pytest.approx(1 / (1 + math.exp(1.5 - math.log(0.5))))
 
 
 def swapped_first_reply(tiny_llama: Path, folder: Path, generator: DecoderGenerator, prompt: list[int]) -> Path:

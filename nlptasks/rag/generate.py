@@ -158,7 +158,8 @@ class DecoderGenerator:
 def calibrated(features: tuple[float, float], calibration: tuple[float, float, float]) -> float:
     """sigmoid(a * log P(NOT_FOUND reply) + b * the answer's mean token log-probability + c)."""
     (reply, answer), (a, b, c) = features, calibration
-    return 1 / (1 + math.exp(-(a * reply + b * answer + c)))
+    z = a * reply + b * answer + c
+    return 1 / (1 + math.exp(-z)) if z >= 0 else math.exp(z) / (1 + math.exp(z))  # exp never overflows
 
 
 def attributed(answer: str, hits: list[Hit]) -> list[dict[str, Any]]:
