@@ -93,8 +93,8 @@ class DecoderGenerator:
         self.budget = prompt_budget(settings, self.model.config)
         self.abstain_threshold = settings.abstain_threshold
         self.calibration = settings.abstention_calibration
-        self.abstention = self.tokenizer(NOT_FOUND, add_special_tokens=False)["input_ids"]
-        self.abstention.append(end_of_sequence(self.tokenizer))
+        self.end = end_of_sequence(self.tokenizer)
+        self.abstention = [*self.tokenizer(NOT_FOUND, add_special_tokens=False)["input_ids"], self.end]
         if self.abstain_threshold is not None:  # abstaining is decided by the threshold alone
             self.generator.generation_config.suppress_tokens = [self.abstention[0]]
 
@@ -107,19 +107,20 @@ class DecoderGenerator:
         """Prompt ids with as many `passages` (in order) as fit beside the whole question, and how many went in."""
         return passage_prompt(self.tokenizer, self.frame, question, passages, self.budget)
 
-    def abstention_features(self, ids: list[int], reply: list[int]) -> tuple[float, float]:
-        """log P(the NOT_FOUND reply) to the prompt `ids`, and the mean token log-probability of `reply`."""
+    def log_prob(self, ids: list[int], reply: list[int]) -> float:
+        """log P(`reply` | the prompt `ids`), scored by the engine that decodes."""
         from nlptasks.models.generation import reply_log_prob
 
-        answer = reply_log_prob(self.generator, ids, reply) / len(reply)
-        return reply_log_prob(self.generator, ids, self.abstention), answer
+        return reply_log_prob(self.generator, ids, reply)
+
+    def abstention_features(self, ids: list[int], reply: list[int]) -> tuple[float, float]:
+        """log P(the NOT_FOUND reply) to the prompt `ids`, and the mean token log-probability of `reply`."""
+        return self.log_prob(ids, self.abstention), self.log_prob(ids, reply) / len(reply)
 
     def abstention_probability(self, ids: list[int], reply: list[int]) -> float:
         """How likely abstaining beats answering `reply` to the prompt `ids` (see `rag.abstention_calibration`)."""
-        from nlptasks.models.generation import reply_log_prob
-
-        if self.calibration is None:
-            return math.exp(reply_log_prob(self.generator, ids, self.abstention))
+        if self.calibration is None:  # the answer's own score is not needed
+            return math.exp(self.log_prob(ids, self.abstention))
         return calibrated(self.abstention_features(ids, reply), self.calibration)
 
     @torch.inference_mode()
@@ -131,8 +132,7 @@ class DecoderGenerator:
         batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
         batch = {key: value.to(self.model.device) for key, value in batch.items()}
         tokens = generate_ids(self.generator, batch)[0].tolist()
-        end = self.abstention[-1]
-        return tokens[: tokens.index(end) + 1] if end in tokens else tokens
+        return tokens[: tokens.index(self.end) + 1] if self.end in tokens else tokens
 
     def text(self, reply: list[int]) -> str:
         return self.tokenizer.decode(reply, skip_special_tokens=True).strip()
