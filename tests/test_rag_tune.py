@@ -14,7 +14,7 @@ from nlptasks.errors import DataError, UserInputError
 from nlptasks.grounded import NOT_FOUND, grounded_scores, holds_answer
 from nlptasks.rag import RagPipeline, RagSettings, build_index
 from nlptasks.rag.documents import Document
-from nlptasks.rag.generate import DecoderGenerator, calibrated, not_found
+from nlptasks.rag.generate import DecoderGenerator, abstention_probability, not_found
 from nlptasks.rag.tune import best_threshold, read_questions, tune
 from nlptasks.recipe import GenerationSettings
 from tests.test_rag import hits_for
@@ -206,8 +206,12 @@ def test_the_abstention_threshold_scores_held_out_prompts_as_squad_2_by_hand() -
     fit = best_threshold([0.1, 0.8, 0.7], [False, False, True], [1.0, 0.4, 0.0])
     assert fit["abstain_threshold"] == pytest.approx(0.4) and fit["held_out_score"] == pytest.approx(2 / 3)
     assert best_threshold([0.2, 0.3], [False, False], [1.0, 1.0])["abstain_threshold"] == 1.0  # never abstains
-    assert calibrated((-2000.0, -1.0), (1.0, 2.0, 0.5)) == 0.0 and calibrated((2000.0, 0.0), (1.0, 2.0, 0.5)) == 1.0
-    assert calibrated((math.log(0.5), -1.0), (1.0, 2.0, 0.5)) == pytest.approx(1 / (1 + math.exp(1.5 - math.log(0.5))))
+    calibration = (1.0, 2.0, 0.5)
+    assert abstention_probability((-2000.0, -1.0), calibration) == 0.0  # exp never overflows
+    assert abstention_probability((2000.0, 0.0), calibration) == 1.0
+    expected = 1 / (1 + math.exp(1.5 - math.log(0.5)))
+    assert abstention_probability((math.log(0.5), -1.0), calibration) == pytest.approx(expected)
+    assert abstention_probability((math.log(0.5), -1.0), None) == pytest.approx(0.5)  # uncalibrated
 
 
 def swapped_first_reply(tiny_llama: Path, folder: Path, generator: DecoderGenerator, prompt: list[int]) -> Path:
@@ -217,7 +221,7 @@ def swapped_first_reply(tiny_llama: Path, folder: Path, generator: DecoderGenera
     first = int(generator.model(torch.tensor([prompt])).logits[0, -1].argmax())
     model = type(generator.model).from_pretrained(tiny_llama)
     rows = model.lm_head.weight.data
-    barred = generator.abstention[0]
+    barred = generator.abstention_start
     rows[[first, barred]] = rows[[barred, first]]
     model.save_pretrained(folder)
     generator.tokenizer.save_pretrained(folder)
@@ -239,14 +243,16 @@ def log_prob_by_hand(model: object, prompt: list[int], reply: list[int]) -> floa
 def test_abstention_is_decided_on_the_calibrated_probability_and_the_answer_cannot_begin_as_not_found(
     tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import torch
+
     monkeypatch.setenv("NLPTASKS_CACHE", str(tmp_path / "cache"))
     settings = RagSettings(generator=str(tiny_llama), max_context_tokens=160, generation={"max_new_tokens": 6})
     passages = hits_for("The tower is 330 metres tall.", "Everest is high.")
     prompt, _ = DecoderGenerator(settings).prompt("How tall is the tower?", passages)
     model = swapped_first_reply(tiny_llama, tmp_path / "model", DecoderGenerator(settings), prompt)
     greedy = DecoderGenerator(settings.model_copy(update={"generator": str(model)}))
-    assert greedy.text(greedy.reply(prompt)).startswith("The")
-    not_found_by_hand = log_prob_by_hand(greedy.model, prompt, greedy.abstention)
+    assert greedy.reply(prompt)[0] == greedy.abstention_start
+    starts_as_not_found = log_prob_by_hand(greedy.model, prompt, [greedy.abstention_start])
 
     replies = {}
     for engine in ("transformers", "ctranslate2"):
@@ -258,24 +264,33 @@ def test_abstention_is_decided_on_the_calibrated_probability_and_the_answer_cann
             }
         )
         generator = DecoderGenerator(barring)
-        reply = replies[engine] = generator.reply(prompt)
-        assert generator.abstention[0] not in reply  # barred anywhere: the answer cannot begin as NOT_FOUND does
-        features = generator.abstention_features(prompt, reply)
-        by_hand = (not_found_by_hand, log_prob_by_hand(greedy.model, prompt, reply) / len(reply))
+        reply, log_probs = replies[engine] = generator.scored_reply(prompt)
+        assert reply[0] != generator.abstention_start  # the answer cannot begin as NOT_FOUND does
+        features = generator.abstention_features(reply, log_probs)
+        by_hand = (starts_as_not_found, log_prob_by_hand(greedy.model, prompt, reply) / len(reply))
         assert features == pytest.approx(by_hand, rel=1e-4)
-        probability = generator.abstention_probability(prompt, reply)
-        assert probability == pytest.approx(math.exp(not_found_by_hand), rel=1e-4)  # uncalibrated
+        probability = abstention_probability(features, None)
         assert generator.answer("How tall is the tower?", passages)["abstention_probability"] == probability
 
         generator.calibration = (1.0, 2.0, 0.5)
-        probability = generator.abstention_probability(prompt, reply)
+        probability = generator.answer("How tall is the tower?", passages)["abstention_probability"]
         assert probability == pytest.approx(1 / (1 + math.exp(-(by_hand[0] + 2 * by_hand[1] + 0.5))), rel=1e-4)
         generator.abstain_threshold = probability
         assert generator.answer("How tall is the tower?", passages) == {
             **not_found(),
             "abstention_probability": probability,
         }
-    assert replies["transformers"] == replies["ctranslate2"]
+    assert replies["transformers"][0] == replies["ctranslate2"][0]
+    assert torch.allclose(replies["transformers"][1], replies["ctranslate2"][1], rtol=1e-4, atol=1e-4)
+    generator.generator.generation_config.max_new_tokens = 1  # CTranslate2's: the first token alone
+    assert generator.scored_reply(prompt)[0] == replies["transformers"][0][:1]
+
+
+def test_abstention_threshold_is_refused_with_beams_or_sampling() -> None:
+    for generation in ({"num_beams": 2}, {"do_sample": True}):
+        with pytest.raises(ValueError, match="abstain_threshold judges a greedy answer"):
+            RagSettings(abstain_threshold=0.5, generation=generation)
+    assert RagSettings(abstain_threshold=None, generation={"num_beams": 2}).generation.num_beams == 2
 
 
 def test_cli_fits_the_abstention_threshold_again_and_refuses_bad_prompt_rows(

@@ -20,11 +20,13 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import GenerationConfig, PretrainedConfig
 
@@ -187,8 +189,6 @@ class CTranslate2Model:
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Generated ids in `generate`'s layout: after the decoder start token, or after the (left-padded) prompts."""
         options = decoding_options(self.generation_config, self.config.is_encoder_decoder)
-        if self.generation_config.suppress_tokens:  # never generated anywhere, as transformers' suppress_tokens
-            options["suppress_sequences"] = [[self.vocabulary[i]] for i in self.generation_config.suppress_tokens]
         inputs = [
             [self.vocabulary[i] for i in ids[mask.bool()].tolist()] for ids, mask in zip(input_ids, attention_mask)
         ]
@@ -205,10 +205,32 @@ class CTranslate2Model:
         )
         return torch.cat([input_ids, self._padded([result.sequences_ids[0] for result in results])], dim=1)
 
-    def log_prob(self, prompt: list[int], reply: list[int]) -> float:
-        """Log-probability of `reply` after `prompt` (a decoder's; see `models.generation.reply_log_prob`)."""
-        scored = self.engine.score_batch([[self.vocabulary[i] for i in prompt + reply]], max_input_length=0)
-        return float(sum(scored[0].log_probs[-len(reply) :]))
+    def scored_reply(self, prompt: list[int]) -> tuple[list[int], torch.Tensor]:
+        """A decoder's greedy reply and its step log-probabilities (see `models.generation.scored_reply`).
+
+        CTranslate2 returns the logits after its own suppression, so a reply that may not begin with a
+        `begin_suppress_tokens` token is decoded as it comes, and only where it begins with one decoded
+        again after the most likely other first token: each step's log-probabilities stay the model's own.
+        """
+        options = decoding_options(self.generation_config, encoder_decoder=False)
+        tokens = [self.vocabulary[i] for i in prompt]
+        reply, log_probs = self._scored(tokens, options)
+        barred = self.generation_config.begin_suppress_tokens or []
+        if not reply or reply[0] not in barred:
+            return reply, log_probs
+        first = log_probs[0].index_fill(0, torch.tensor(barred), -math.inf).argmax().item()
+        if options["max_length"] == 1:
+            return [first], log_probs[:1]
+        rest = {**options, "max_length": options["max_length"] - 1, "min_length": max(options["min_length"] - 1, 0)}
+        reply, after = self._scored([*tokens, self.vocabulary[first]], rest)
+        return [first, *reply], torch.cat([log_probs[:1], after])
+
+    def _scored(self, tokens: list[str], options: dict[str, Any]) -> tuple[list[int], torch.Tensor]:
+        result = self.engine.generate_batch(
+            [tokens], include_prompt_in_result=False, return_logits_vocab=True, **options
+        )[0]
+        logits = torch.stack([torch.as_tensor(np.asarray(step)) for step in result.logits[0]])
+        return result.sequences_ids[0], logits.float().log_softmax(-1)
 
     def _padded(self, sequences: list[list[int]]) -> torch.Tensor:
         padded = torch.full(

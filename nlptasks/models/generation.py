@@ -93,14 +93,22 @@ def generate_ids(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torc
 
 
 @torch.inference_mode()
-def reply_log_prob(model: Any, prompt: list[int], reply: list[int]) -> float:
-    """Log-probability that a decoder answers `prompt` with exactly `reply` (its end token included),
-    scored by the engine that decodes (a transformers model, or `CTranslate2Model`)."""
+def scored_reply(model: Any, prompt: list[int]) -> tuple[list[int], torch.Tensor]:
+    """A decoder's greedy reply to one prompt, under its generation config (`begin_suppress_tokens`
+    included), with the log-probabilities the model itself gave each vocabulary token at each step
+    (steps, vocabulary), before any logits processor: a caller judges the reply by them without a
+    second pass. Beams and sampling are the caller's to refuse: a beam's steps are not its reply's."""
     if isinstance(model, CTranslate2Model):
-        return model.log_prob(prompt, reply)
-    ids = torch.tensor([prompt + reply], device=model.device)
-    logits = model(input_ids=ids, logits_to_keep=len(reply) + 1).logits[0, :-1].float()
-    return float(logits.log_softmax(-1).gather(1, ids[0, len(prompt) :, None]).sum())
+        return model.scored_reply(prompt)
+    ids = torch.tensor([prompt], device=model.device)
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        output_logits=True,
+        return_dict_in_generate=True,
+        **_ngram_blocking_after(model, len(prompt)),
+    )
+    return out.sequences[0, len(prompt) :].tolist(), torch.stack(out.logits, 1)[0].float().log_softmax(-1).cpu()
 
 
 def _ngram_blocking_after(model: Any, prompt_width: int) -> dict[str, Any]:

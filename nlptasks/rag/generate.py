@@ -94,9 +94,9 @@ class DecoderGenerator:
         self.abstain_threshold = settings.abstain_threshold
         self.calibration = settings.abstention_calibration
         self.end = end_of_sequence(self.tokenizer)
-        self.abstention = [*self.tokenizer(NOT_FOUND, add_special_tokens=False)["input_ids"], self.end]
+        self.abstention_start = self.tokenizer(NOT_FOUND, add_special_tokens=False)["input_ids"][0]
         if self.abstain_threshold is not None:  # abstaining is decided by the threshold alone
-            self.generator.generation_config.suppress_tokens = [self.abstention[0]]
+            self.generator.generation_config.begin_suppress_tokens = [self.abstention_start]
 
     def prompt(self, question: str, hits: list[Hit]) -> tuple[list[int], list[Hit]]:
         """Prompt ids with as many passages (best first) as fit beside the whole question, and those passages."""
@@ -107,32 +107,32 @@ class DecoderGenerator:
         """Prompt ids with as many `passages` (in order) as fit beside the whole question, and how many went in."""
         return passage_prompt(self.tokenizer, self.frame, question, passages, self.budget)
 
-    def log_prob(self, ids: list[int], reply: list[int]) -> float:
-        """log P(`reply` | the prompt `ids`), scored by the engine that decodes."""
-        from nlptasks.models.generation import reply_log_prob
-
-        return reply_log_prob(self.generator, ids, reply)
-
-    def abstention_features(self, ids: list[int], reply: list[int]) -> tuple[float, float]:
-        """log P(the NOT_FOUND reply) to the prompt `ids`, and the mean token log-probability of `reply`."""
-        return self.log_prob(ids, self.abstention), self.log_prob(ids, reply) / len(reply)
-
-    def abstention_probability(self, ids: list[int], reply: list[int]) -> float:
-        """How likely abstaining beats answering `reply` to the prompt `ids` (see `rag.abstention_calibration`)."""
-        if self.calibration is None:  # the answer's own score is not needed
-            return math.exp(self.log_prob(ids, self.abstention))
-        return calibrated(self.abstention_features(ids, reply), self.calibration)
-
     @torch.inference_mode()
     def reply(self, ids: list[int]) -> list[int]:
-        """The decoded reply's tokens to the prompt `ids`, its end token included where it ended
-        (with an `abstain_threshold`, never starting as NOT_FOUND does)."""
+        """The decoded reply's tokens to the prompt `ids`, its end token included where it ended."""
         from nlptasks.models.generation import generate_ids
 
         batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
         batch = {key: value.to(self.model.device) for key, value in batch.items()}
-        tokens = generate_ids(self.generator, batch)[0].tolist()
+        return self._until_end(generate_ids(self.generator, batch)[0].tolist())
+
+    def scored_reply(self, ids: list[int]) -> tuple[list[int], torch.Tensor]:
+        """`reply` (with an `abstain_threshold`, never beginning as NOT_FOUND does), and the model's own
+        log-probabilities at each of its steps (see `models.generation.scored_reply`)."""
+        from nlptasks.models.generation import scored_reply
+
+        tokens, log_probs = scored_reply(self.generator, ids)
+        tokens = self._until_end(tokens)
+        return tokens, log_probs[: len(tokens)]
+
+    def _until_end(self, tokens: list[int]) -> list[int]:
         return tokens[: tokens.index(self.end) + 1] if self.end in tokens else tokens
+
+    def abstention_features(self, reply: list[int], log_probs: torch.Tensor) -> tuple[float, float]:
+        """From a `scored_reply`: log P(the reply begins as NOT_FOUND does) at its first step, and the reply's
+        mean token log-probability, both under the model's own distribution."""
+        chosen = log_probs.gather(1, torch.tensor(reply)[:, None])
+        return float(log_probs[0, self.abstention_start]), float(chosen.mean())
 
     def text(self, reply: list[int]) -> str:
         return self.tokenizer.decode(reply, skip_special_tokens=True).strip()
@@ -141,10 +141,13 @@ class DecoderGenerator:
         if not hits:
             return not_found()
         ids, used = self.prompt(question, hits)
-        reply = self.reply(ids)
         scored = {}
-        if self.abstain_threshold is not None:
-            scored["abstention_probability"] = self.abstention_probability(ids, reply)
+        if self.abstain_threshold is None:
+            reply = self.reply(ids)
+        else:
+            reply, log_probs = self.scored_reply(ids)
+            features = self.abstention_features(reply, log_probs)
+            scored["abstention_probability"] = abstention_probability(features, self.calibration)
             if scored["abstention_probability"] >= self.abstain_threshold:
                 return not_found() | scored
         text = self.text(reply)
@@ -155,10 +158,14 @@ class DecoderGenerator:
         return {"answer": text, "found": True, **scored, "citations": citations}
 
 
-def calibrated(features: tuple[float, float], calibration: tuple[float, float, float]) -> float:
-    """sigmoid(a * log P(NOT_FOUND reply) + b * the answer's mean token log-probability + c)."""
-    (reply, answer), (a, b, c) = features, calibration
-    z = a * reply + b * answer + c
+def abstention_probability(features: tuple[float, float], calibration: tuple[float, float, float] | None) -> float:
+    """How likely abstaining beats answering, from `DecoderGenerator.abstention_features`: with a
+    `calibration` (a, b, c), sigmoid(a * the first feature + b * the second + c); without one, the
+    probability that the reply begins as NOT_FOUND does."""
+    if calibration is None:
+        return math.exp(features[0])
+    (first, mean), (a, b, c) = features, calibration
+    z = a * first + b * mean + c
     return 1 / (1 + math.exp(-z)) if z >= 0 else math.exp(z) / (1 + math.exp(z))  # exp never overflows
 
 

@@ -61,11 +61,12 @@ class RagSettings(Section):
     """Extractive reader: answer "not found" when the best span's start+end logit is below this."""
     abstain_threshold: float | None = Field(default=None, gt=0, le=1)
     """Decoder generator: answer NOT_FOUND when the answer's `abstention_probability` reaches this; the answer
-    itself is decoded with NOT_FOUND's first token barred. Unset: whichever greedy decoding reaches.
+    itself is decoded greedily and may not begin as NOT_FOUND does. Unset: whichever greedy decoding reaches.
     `rag tune` fits it on its held-out prompts."""
     abstention_calibration: tuple[float, float, float] | None = None
-    """(a, b, c): `abstention_probability` is sigmoid(a * log P(the NOT_FOUND reply) + b * the decoded answer's
-    mean token log-probability + c), fitted by `rag tune`; unset: P(the NOT_FOUND reply) itself."""
+    """(a, b, c): `abstention_probability` is sigmoid(a * log P(the reply begins as NOT_FOUND does) + b * the
+    decoded answer's mean token log-probability + c), both read off the answer's own decoding steps, fitted
+    by `rag tune`; unset: P(the reply begins as NOT_FOUND does) itself."""
     generation: GenerationSettings = GenerationSettings(max_new_tokens=128)
 
     @model_validator(mode="after")
@@ -76,6 +77,11 @@ class RagSettings(Section):
             raise ValueError(f"rerank: {self.rerank} needs a model in `reranker`")
         if self.qdrant_url and self.store != "qdrant":
             raise ValueError("qdrant_url is set but store is not qdrant")
+        if self.abstain_threshold is not None and (self.generation.num_beams > 1 or self.generation.do_sample):
+            raise ValueError(
+                "abstain_threshold judges a greedy answer by its own decoding steps: set generation.num_beams: 1 "
+                "and generation.do_sample: false, or abstain_threshold: null"
+            )
         return self
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import random
 from collections import Counter
 from collections.abc import Iterator
@@ -190,7 +189,7 @@ def tune(
 
 def fit_abstention(settings: RagSettings, prompts_file: Path, limit: int = FIT_PROMPTS) -> dict[str, Any]:
     """`abstention_calibration` and `abstain_threshold` fitted on held-out rag-answer prompts (`question`,
-    `passages`, `answer`, `answers`), each decoded once with NOT_FOUND barred.
+    `passages`, `answer`, `answers`), each decoded once, greedily, never beginning as NOT_FOUND does.
 
     The calibration is a logistic regression from the two features of `DecoderGenerator.abstention_features`
     to whether abstaining does at least as well as the answer (the passages lack the answer, or the answer's
@@ -198,7 +197,7 @@ def fit_abstention(settings: RagSettings, prompts_file: Path, limit: int = FIT_P
     abstaining where the passages lack the answer (target NOT_FOUND), the answer's F1 where they hold it. The
     share of prompts lacking the answer (`rag tune --unanswerable`) thus sets how cautious the threshold is.
     """
-    from nlptasks.rag.generate import DecoderGenerator, calibrated, load_generator
+    from nlptasks.rag.generate import DecoderGenerator, abstention_probability, load_generator
 
     generator = load_generator(settings.model_copy(update={"abstain_threshold": 1.0}))
     if not isinstance(generator, DecoderGenerator):
@@ -206,14 +205,14 @@ def fit_abstention(settings: RagSettings, prompts_file: Path, limit: int = FIT_P
     features, lacking, f1 = [], [], []
     for row in _prompt_rows(prompts_file, limit):
         ids, _ = generator.text_prompt(row["question"], row["passages"])
-        reply = generator.reply(ids)
-        features.append(generator.abstention_features(ids, reply))
+        reply, log_probs = generator.scored_reply(ids)
+        features.append(generator.abstention_features(reply, log_probs))
         lacking.append(row["answer"] == NOT_FOUND)
         f1.append(0.0 if lacking[-1] else answer_scores(answer_text(generator.text(reply)), row["answers"])[1])
     if not features:
         raise DataError(f"--prompts {prompts_file}: no rows to fit the abstention threshold on")
     calibration = _calibration(features, [lack or score < 0.5 for lack, score in zip(lacking, f1)])
-    probabilities = [calibrated(x, calibration) if calibration else math.exp(x[0]) for x in features]
+    probabilities = [abstention_probability(x, calibration) for x in features]
     fit = best_threshold(probabilities, lacking, f1)
     return {**fit, "abstention_calibration": calibration, "prompts": len(features)}
 
