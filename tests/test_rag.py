@@ -569,3 +569,17 @@ def test_cli_index_search_and_errors(
     assert "rag.top_kk: unknown key (did you mean 'top_k'?)" in capsys.readouterr().err
     assert main(["rag", "ask", "--index", str(tmp_path), "x"]) == 2
     assert "not an index folder" in capsys.readouterr().err
+
+
+def test_cli_eval_sets_change_the_existing_index_settings_not_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from nlptasks.rag.store import save_settings
+
+    save_settings(tmp_path, RagSettings(generation={"engine": "ctranslate2"}))
+    calls = []
+    monkeypatch.setattr("nlptasks.rag.evaluate", lambda *args, **kwargs: calls.append(args) or {})
+    # quantize alone is refused under the default engine, transformers; this index's engine takes it
+    quantized = ["--set", "generation.quantize=int8"]
+    assert main(["rag", "eval", "--index", str(tmp_path), "--benchmark", "squad", *quantized]) == 0
+    assert calls[0][2] is None  # the index is not built again from default settings

@@ -211,6 +211,7 @@ class CTranslate2Model:
         CTranslate2 returns the logits after its own suppression, so a reply that may not begin with a
         `begin_suppress_tokens` token is decoded as it comes, and only where it begins with one decoded
         again after the most likely other first token: each step's log-probabilities stay the model's own.
+        (That first token is then prompt to CTranslate2, outside `no_repeat_ngram_size`'s history.)
         """
         options = decoding_options(self.generation_config, encoder_decoder=False)
         tokens = [self.vocabulary[i] for i in prompt]
@@ -219,7 +220,7 @@ class CTranslate2Model:
         if not reply or reply[0] not in barred:
             return reply, log_probs
         first = log_probs[0].index_fill(0, torch.tensor(barred), -math.inf).argmax().item()
-        if options["max_length"] == 1:
+        if options["max_length"] == 1 or first in options.get("end_token", []):
             return [first], log_probs[:1]
         rest = {**options, "max_length": options["max_length"] - 1, "min_length": max(options["min_length"] - 1, 0)}
         reply, after = self._scored([*tokens, self.vocabulary[first]], rest)
