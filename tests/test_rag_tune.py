@@ -305,7 +305,10 @@ def test_cli_fits_the_abstention_threshold_again_and_refuses_bad_prompt_rows(
     ]
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    assert main(["rag", "fit-abstention", "--index", str(index), "--prompts", str(prompts), "--set", "top_k=2"]) == 0
+    fit_command = ["rag", "fit-abstention", "--index", str(index), "--prompts", str(prompts)]
+    assert main([*fit_command, "--set", "generation.num_beams=2"]) == 2  # the fit decodes greedily
+    assert "abstain_threshold judges a greedy answer" in capsys.readouterr().err
+    assert main([*fit_command, "--set", "top_k=2"]) == 0
     fit = json.loads(capsys.readouterr().out)
     saved = yaml.safe_load((index / "rag.yaml").read_text())["rag"]
     assert fit["prompts"] == 2 and (saved["abstain_threshold"], saved["top_k"]) == (fit["abstain_threshold"], 2)

@@ -199,7 +199,7 @@ def fit_abstention(settings: RagSettings, prompts_file: Path, limit: int = FIT_P
     """
     from nlptasks.rag.generate import DecoderGenerator, abstention_probability, load_generator
 
-    generator = load_generator(settings.model_copy(update={"abstain_threshold": 1.0}))
+    generator = load_generator(settings_of_index(settings, {"abstain_threshold": 1.0}))  # validated: greedy
     if not isinstance(generator, DecoderGenerator):
         raise RecipeError(f"rag.generator: {settings.generator} is an extractive reader; it has no NOT_FOUND reply")
     features, lacking, f1 = [], [], []
