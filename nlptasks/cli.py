@@ -367,10 +367,7 @@ def cmd_rag(args: argparse.Namespace) -> int:
         print(json.dumps(report.as_json()))
         return 0
     if args.rag_command == "eval":
-        from nlptasks.rag.store import SETTINGS_FILE
-
-        built = (Path(args.index) / SETTINGS_FILE).is_file()  # then `--set` changes its own settings, not defaults
-        settings = None if built else rag.load_settings(args.recipe, args.set)
+        settings = rag.load_settings(args.recipe, args.set) if args.recipe else None  # else defaults, if built
         metrics = rag.evaluate(args.index, args.benchmark, settings, args.set, args.answers, progress=True)
         print(json.dumps(metrics, indent=2))
         return 0

@@ -26,7 +26,7 @@ from nlptasks.metrics.squad import answer_scores
 from nlptasks.rag.documents import Document
 from nlptasks.rag.pipeline import RagPipeline, build_index
 from nlptasks.rag.retrieve import Hit
-from nlptasks.rag.settings import RagSettings
+from nlptasks.rag.settings import RagSettings, load_settings
 from nlptasks.rag.store import SETTINGS_FILE
 
 BENCHMARKS = ("cranfield", "squad")
@@ -62,14 +62,17 @@ def evaluate(
     answer_questions: int = 200,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Build the benchmark's index at `index_dir` unless it is there, then score it (JSON-ready metrics)."""
+    """Build the benchmark's index at `index_dir` unless it is there, then score it (JSON-ready metrics).
+
+    `overrides` change the index's own settings; where it is built, they change `settings` (unset: the defaults).
+    """
     if benchmark not in BENCHMARKS:
         raise UserInputError(f"--benchmark: unknown '{benchmark}'; known: {', '.join(BENCHMARKS)}")
     data = _benchmark_folder("cranfield" if benchmark == "cranfield" else "squad_v1")
     corpus, queries = (_cranfield if benchmark == "cranfield" else _squad)(data)
     folder = Path(index_dir)
     if not (folder / SETTINGS_FILE).is_file():
-        build_index(corpus(), folder, settings, progress=progress)
+        build_index(corpus(), folder, settings or load_settings(None, overrides), progress=progress)
     pipeline = RagPipeline(folder, overrides)
     _check_holds_benchmark(pipeline, queries, benchmark)
     if benchmark == "cranfield":
